@@ -1,0 +1,74 @@
+"""One error hierarchy for the whole server, and the one place that maps it to HTTP."""
+
+from __future__ import annotations
+
+
+class GobError(Exception):
+    """Base of every error the server raises on purpose."""
+
+    #: HTTP status this error maps to.
+    status = 500
+    #: Prometheus API errorType for JSON endpoints.
+    error_type = "internal"
+
+
+class BadRequest(GobError):
+    """The client sent data that can never succeed: never retried by senders."""
+
+    status = 400
+    error_type = "bad_data"
+
+
+class PayloadTooLarge(BadRequest):
+    """A body is over a compressed or decompressed size limit."""
+
+    status = 413
+
+
+class UnsupportedMediaType(BadRequest):
+    """Wrong Content-Type or Content-Encoding."""
+
+    status = 415
+
+
+class TooManyRequests(GobError):
+    """A rate limit was hit; retry after ``retry_after`` seconds."""
+
+    status = 429
+    error_type = "unavailable"
+
+    def __init__(self, message: str, retry_after: float = 1.0):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Unavailable(GobError):
+    """The server is overloaded or shutting down; retry after ``retry_after`` seconds."""
+
+    status = 503
+    error_type = "unavailable"
+
+    def __init__(self, message: str, retry_after: float = 1.0):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ConfigError(GobError):
+    """A configuration key has a bad value; the message names the key."""
+
+
+def http_status(exc: BaseException) -> int:
+    """Return the HTTP status for an exception; unknown ones are server errors."""
+    if isinstance(exc, GobError):
+        return exc.status
+    return 500
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """Seconds a sender should wait before retrying, for statuses that ask for it."""
+    value = getattr(exc, "retry_after", None)
+    if value is not None:
+        return float(value)
+    if http_status(exc) >= 500:
+        return 1.0
+    return None

@@ -1,0 +1,84 @@
+"""The one small interface everything above storage talks to.
+
+Two transports implement it: the embedded ClickHouse engine (chdb, in-process) and a
+ClickHouse server through clickhouse-driver. Both speak the same SQL dialect; callers
+never learn which one is underneath.
+
+Contract shared by every implementation:
+
+* SQL uses ClickHouse query parameters, ``{name:Type}``, bound by the server, never
+  formatted into the text. ``params`` maps names to Python values: ``str``, ``int``,
+  ``float``, ``bool``, ``bytes`` (for ``FixedString``/``UInt128`` given as 16 little-endian
+  bytes is *not* supported: pass UInt128 as ``int``), and lists or tuples of those for
+  ``Array(T)``.
+* ``query`` returns a ``pyarrow.Table``. Column types follow chdb's Arrow mapping:
+  integers and floats as the same-width Arrow types, ``String`` as ``string`` (or
+  ``binary`` for non UTF-8), ``UInt128`` as ``fixed_size_binary(16)`` holding the value's
+  little-endian bytes, ``Map(String, String)`` as ``map<string, string>``,
+  ``DateTime64(3)`` as ``timestamp[ms]``, ``Array(T)`` as ``list<T>``.
+* ``insert`` takes a ``pyarrow.Table`` whose columns are named exactly like the target
+  table's columns, using the same mapping (so ``series_id UInt128`` arrives as
+  ``fixed_size_binary(16)``, ``labels Map(...)`` as ``map<string, string>``).
+  An insert that returns has been accepted by ClickHouse (written as a part); one that
+  raises may or may not have been, and the caller retries or fails the request.
+* Errors are translated at the boundary into :class:`StorageError` (retryable or not).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from gob_metrics.errors import GobError
+
+ParamValue = str | int | float | bool | Sequence[Any]
+Params = Mapping[str, ParamValue]
+
+
+class StorageError(GobError):
+    """Storage failed; the request that needed it cannot be answered."""
+
+    status = 503
+
+    def __init__(self, message: str, *, retryable: bool = True, code: int | None = None):
+        super().__init__(message)
+        self.retryable = retryable
+        self.code = code
+
+
+class Storage(abc.ABC):
+    """Runs parameterised SQL and columnar inserts against ClickHouse."""
+
+    #: short name of the transport, shown in logs and /api/v1/status/buildinfo.
+    engine: str = ""
+    #: database that holds the project's tables.
+    database: str = "gob"
+    #: ClickHouse cluster for ON CLUSTER DDL, or "" for a single server.
+    cluster: str = ""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Open connections or the embedded engine; raise StorageError if it cannot."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release everything start() acquired. Safe to call twice."""
+
+    @abc.abstractmethod
+    async def execute(self, sql: str, params: Params | None = None) -> None:
+        """Run one statement whose result is not needed (DDL, OPTIMIZE, ...)."""
+
+    @abc.abstractmethod
+    async def query(self, sql: str, params: Params | None = None) -> pa.Table:
+        """Run one SELECT and return its whole result as an Arrow table."""
+
+    @abc.abstractmethod
+    async def insert(self, table: str, data: pa.Table) -> None:
+        """Insert the rows of ``data`` into ``table`` (a name in this database)."""
+
+    async def ping(self) -> None:
+        """Raise StorageError unless storage answers a trivial query."""
+        await self.query("SELECT 1 AS ok")
