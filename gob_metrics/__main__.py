@@ -1,0 +1,5 @@
+import sys
+
+from gob_metrics.cli import main
+
+sys.exit(main())

@@ -1,0 +1,140 @@
+"""The ``gob-metrics`` command: serve, migrate, optimize."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from gob_metrics import __version__
+from gob_metrics.config import Config, load_config
+from gob_metrics.errors import ConfigError
+from gob_metrics.logs import setup_logging
+from gob_metrics.storage import StorageError, create_storage
+
+log = logging.getLogger("gob_metrics")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML configuration file")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="data directory of the embedded engine (server.data_dir)")
+    p.add_argument("--clickhouse-url", metavar="URL",
+                   help="use a ClickHouse server instead of the embedded engine: "
+                        "clickhouse://user:password@host:9000/db (storage.clickhouse.url)")
+    p.add_argument("--cluster", metavar="NAME",
+                   help="ClickHouse cluster for ON CLUSTER DDL (storage.clickhouse.cluster)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="server.log_level")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set any configuration key, e.g. --set write.batch_max_age=100ms")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gob-metrics",
+        description="Prometheus-compatible long-term metrics backend on ClickHouse.")
+    p.add_argument("--version", action="version", version=f"gob-metrics {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser("serve", help="run the HTTP server",
+                           description="Run the HTTP server (remote_write, status, metrics).")
+    serve.add_argument("--listen", metavar="HOST:PORT", help="server.listen")
+    _common(serve)
+    mig = sub.add_parser("migrate", help="apply the numbered SQL migrations and exit")
+    _common(mig)
+    opt = sub.add_parser("optimize",
+                         help="merge all parts now (OPTIMIZE FINAL), e.g. before measuring disk")
+    _common(opt)
+    return p
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. write.batch_max_age=1s")
+        out[key.strip()] = value
+    flag_keys = {"data_dir": "server.data_dir", "clickhouse_url": "storage.clickhouse.url",
+                 "cluster": "storage.clickhouse.cluster", "log_level": "server.log_level",
+                 "listen": "server.listen"}
+    for attr, key in flag_keys.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def _serve(cfg: Config) -> int:
+    from aiohttp import web
+
+    from gob_metrics.app import build_app
+
+    app = build_app(cfg)
+    host, _, port = cfg.server.listen.rpartition(":")
+
+    async def started(app: web.Application) -> None:
+        from gob_metrics.keys import STORAGE
+
+        storage = app[STORAGE]
+        where = (cfg.server.data_dir if storage.engine == "embedded"
+                 else cfg.storage.clickhouse.url.split("@")[-1])
+        log.info("gob-metrics started", extra={
+            "listen": cfg.server.listen, "engine": storage.engine, "data": where,
+            "database": storage.database, "version": __version__})
+
+    async def stopped(app: web.Application) -> None:
+        log.info("gob-metrics stopped: pending batches flushed")
+
+    app.on_startup.append(started)
+    app.on_cleanup.append(stopped)
+    web.run_app(app, host=host.strip("[]") or "127.0.0.1", port=int(port), print=None,
+                access_log=None, shutdown_timeout=cfg.server.shutdown_timeout,
+                handle_signals=True)
+    return 0
+
+
+async def _with_storage(cfg: Config, action: str) -> None:
+    from gob_metrics.storage import schema
+
+    storage = create_storage(cfg)
+    await storage.start()
+    try:
+        applied = await schema.migrate(storage)
+        if action == "migrate":
+            print(f"migrations applied: {applied or 'none (schema is up to date)'}")
+        elif action == "optimize":
+            for table in (schema.SERIES, schema.METADATA, schema.SAMPLES):
+                await storage.execute(f"OPTIMIZE TABLE {storage.database}.{table} FINAL")
+            print("optimized: all parts merged")
+    finally:
+        await storage.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, overrides=_overrides(args))
+        setup_logging(cfg.server.log_level, cfg.server.log_format)
+        if args.command == "serve":
+            return _serve(cfg)
+        asyncio.run(_with_storage(cfg, args.command))
+        return 0
+    except ConfigError as exc:
+        print(f"gob-metrics: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except StorageError as exc:
+        print(f"gob-metrics: storage error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"gob-metrics: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,311 @@
+"""One typed configuration tree, loaded from defaults, a YAML file, ``GOB_*`` environment
+variables and command-line flags (later sources win), and validated at start.
+
+Every error names the offending key the way a user writes it (``write.batch_max_age``), the
+value seen and what was expected. Environment variables use ``__`` between levels:
+``GOB_STORAGE__CLICKHOUSE__URL=clickhouse://host:9000/gob``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+
+from gob_metrics.errors import ConfigError
+
+ENV_PREFIX = "GOB_"
+
+# Field annotations that change how a value is parsed.
+DURATION = "duration"  # float seconds; accepts 1.5, "250ms", "10m", "1h30m"
+BYTES = "bytes"  # int bytes; accepts 1048576, "64MiB", "10MB"
+
+Duration = Annotated[float, DURATION]
+ByteSize = Annotated[int, BYTES]
+
+
+@dataclass
+class ServerConfig:
+    #: host:port the HTTP server listens on.
+    listen: str = "127.0.0.1:9201"
+    #: directory for the embedded engine's data and the instance lock.
+    data_dir: str = "./data"
+    #: debug, info, warning or error.
+    log_level: str = "info"
+    #: json (one object per line) or text.
+    log_format: str = "json"
+    #: on SIGTERM, how long to wait for pending batches to flush before exiting.
+    shutdown_timeout: Duration = 30.0
+
+
+@dataclass
+class EmbeddedConfig:
+    #: threads that run chdb queries and inserts beside the event loop.
+    query_threads: int = 4
+
+
+@dataclass
+class ClickHouseConfig:
+    #: clickhouse://user:password@host:9000/database; empty means use the embedded engine.
+    url: str = ""
+    #: cluster name for ON CLUSTER DDL with ReplicatedMergeTree + Distributed tables.
+    cluster: str = ""
+    pool_size: int = 8
+    connect_timeout: Duration = 5.0
+    send_receive_timeout: Duration = 60.0
+    #: retries of retryable errors (network, server restart) before a request fails with 503.
+    max_retries: int = 3
+
+
+@dataclass
+class StorageConfig:
+    #: ClickHouse database that holds the tables.
+    database: str = "gob"
+    embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
+    clickhouse: ClickHouseConfig = field(default_factory=ClickHouseConfig)
+
+
+@dataclass
+class WriteConfig:
+    #: largest accepted request body as sent (snappy-compressed).
+    max_request_bytes: ByteSize = 16 * 1024 * 1024
+    #: largest accepted body after snappy decompression (checked before decompressing).
+    max_decompressed_bytes: ByteSize = 64 * 1024 * 1024
+    #: samples further than this in the future are rejected (Mimir: creation_grace_period).
+    future_grace: Duration = 600.0
+    #: a pending batch is inserted once it holds this many samples...
+    batch_max_samples: int = 100_000
+    #: ...or once its oldest request has waited this long.
+    batch_max_age: Duration = 0.2
+    #: samples held in memory (pending plus being inserted); beyond it requests wait.
+    max_pending_samples: int = 1_000_000
+    #: how long a request waits for room before it is answered 503 with Retry-After.
+    queue_timeout: Duration = 5.0
+    #: series remembered as registered per process (LRU); a miss costs one series-table row.
+    series_cache_size: int = 1_000_000
+    #: tenant used when multi-tenancy is off.
+    default_tenant: str = "anonymous"
+
+
+@dataclass
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    write: WriteConfig = field(default_factory=WriteConfig)
+
+    def validate(self) -> Config:
+        """Check cross-field constraints; raise ConfigError naming the key."""
+        _check(self.server.log_level in {"debug", "info", "warning", "error"},
+               "server.log_level", self.server.log_level, "one of debug, info, warning, error")
+        _check(self.server.log_format in {"json", "text"},
+               "server.log_format", self.server.log_format, "json or text")
+        host, sep, port = self.server.listen.rpartition(":")
+        _check(bool(sep) and port.isdigit() and 0 < int(port) < 65536,
+               "server.listen", self.server.listen, "host:port, e.g. 127.0.0.1:9201")
+        _check(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.storage.database) is not None,
+               "storage.database", self.storage.database, "an identifier ([A-Za-z_][A-Za-z0-9_]*)")
+        url = self.storage.clickhouse.url
+        _check(url == "" or url.startswith(("clickhouse://", "clickhouses://")),
+               "storage.clickhouse.url", url, "clickhouse://user:password@host:9000/database")
+        _check(self.storage.clickhouse.cluster == ""
+               or re.fullmatch(r"[A-Za-z0-9_\-.]+", self.storage.clickhouse.cluster) is not None,
+               "storage.clickhouse.cluster", self.storage.clickhouse.cluster, "a cluster name")
+        for key, value in [
+            ("storage.embedded.query_threads", self.storage.embedded.query_threads),
+            ("storage.clickhouse.pool_size", self.storage.clickhouse.pool_size),
+            ("write.max_request_bytes", self.write.max_request_bytes),
+            ("write.max_decompressed_bytes", self.write.max_decompressed_bytes),
+            ("write.batch_max_samples", self.write.batch_max_samples),
+            ("write.max_pending_samples", self.write.max_pending_samples),
+            ("write.series_cache_size", self.write.series_cache_size),
+            ("write.batch_max_age", self.write.batch_max_age),
+            ("write.queue_timeout", self.write.queue_timeout),
+            ("server.shutdown_timeout", self.server.shutdown_timeout),
+        ]:
+            _check(value > 0, key, value, "a positive number")
+        for key, value in [
+            ("storage.clickhouse.max_retries", self.storage.clickhouse.max_retries),
+            ("write.future_grace", self.write.future_grace),
+        ]:
+            _check(value >= 0, key, value, "zero or more")
+        _check(self.write.max_pending_samples >= self.write.batch_max_samples,
+               "write.max_pending_samples", self.write.max_pending_samples,
+               f"at least write.batch_max_samples={self.write.batch_max_samples}")
+        _check(re.fullmatch(r"[A-Za-z0-9_\-.]{1,150}", self.write.default_tenant) is not None,
+               "write.default_tenant", self.write.default_tenant,
+               "1-150 characters of A-Z a-z 0-9 _ - .")
+        return self
+
+
+def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"invalid value {value!r} for {key}: expected {expected}")
+
+
+# ---------------------------------------------------------------------------- parsing
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800,
+                   "y": 31536000}
+_BYTES_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?", re.IGNORECASE)
+_BYTES_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "ki": 1024,
+                "m": 1000**2, "mb": 1000**2, "mib": 1024**2, "mi": 1024**2,
+                "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "gi": 1024**3,
+                "t": 1000**4, "tb": 1000**4, "tib": 1024**4, "ti": 1024**4}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Parse ``1.5``, ``"250ms"``, ``"10m"`` or ``"1h30m"`` into seconds."""
+    if isinstance(text, bool):
+        raise ValueError("expected a duration, got a boolean")
+    if isinstance(text, int | float):
+        return float(text)
+    s = text.strip()
+    try:
+        return float(s)
+    except ValueError:
+        pass
+    pos, total = 0, 0.0
+    for m in _DURATION_RE.finditer(s):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(s) or not s:
+        raise ValueError(f"not a duration: {text!r} (examples: 30s, 250ms, 1h30m)")
+    return total
+
+
+def parse_bytes(text: str | int) -> int:
+    """Parse ``1048576``, ``"64MiB"`` or ``"10MB"`` into bytes."""
+    if isinstance(text, bool):
+        raise ValueError("expected a size in bytes, got a boolean")
+    if isinstance(text, int):
+        return text
+    m = _BYTES_RE.fullmatch(str(text).strip())
+    if not m:
+        raise ValueError(f"not a size: {text!r} (examples: 1048576, 64MiB, 10MB)")
+    return int(float(m.group(1)) * _BYTES_UNITS[(m.group(2) or "").lower()])
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    meta = None
+    if typing.get_origin(hint) is Annotated:
+        hint, meta = typing.get_args(hint)[0], typing.get_args(hint)[1]
+    try:
+        if meta == DURATION:
+            return parse_duration(value)
+        if meta == BYTES:
+            return parse_bytes(value)
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in {"true", "1", "yes", "on"}:
+                return True
+            if isinstance(value, str) and value.lower() in {"false", "0", "no", "off"}:
+                return False
+            raise ValueError("expected true or false")
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError("expected an integer")
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError("expected a number")
+            return float(value)
+        if hint is str:
+            if isinstance(value, dict | list):
+                raise ValueError("expected a string")
+            return "" if value is None else str(value)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"invalid value {value!r} for {key}: {exc}") from exc
+    raise ConfigError(f"unsupported type for {key}")  # pragma: no cover - schema bug
+
+
+def _apply(obj: Any, values: Mapping[str, Any], prefix: str, source: str) -> None:
+    hints = typing.get_type_hints(type(obj), include_extras=True)
+    names = {f.name for f in dataclasses.fields(obj)}
+    for raw_key, value in values.items():
+        key = str(raw_key).replace("-", "_")
+        path = f"{prefix}{key}"
+        if key not in names:
+            known = ", ".join(sorted(prefix + n for n in names))
+            raise ConfigError(f"unknown setting {path} in {source} (known here: {known})")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{path} in {source} must be a mapping of settings")
+            _apply(getattr(obj, key), value, f"{path}.", source)
+        else:
+            setattr(obj, key, _coerce(value, hint, path))
+
+
+def set_value(cfg: Config, dotted: str, value: Any, source: str) -> None:
+    """Set one setting by its dotted key (``write.batch_max_age``)."""
+    parts = dotted.split(".")
+    nested: Any = value
+    for part in reversed(parts):
+        nested = {part: nested}
+    _apply(cfg, nested, "", source)
+
+
+def _env_values(env: Mapping[str, str]) -> Iterable[tuple[str, str, str]]:
+    for name, value in sorted(env.items()):
+        if name.startswith(ENV_PREFIX) and "__" in name:
+            dotted = name[len(ENV_PREFIX):].lower().replace("__", ".")
+            yield dotted, value, f"environment variable {name}"
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the configuration: defaults, then the YAML file, env vars, then ``overrides``
+    (dotted keys from command-line flags); validate and return it."""
+    cfg = Config()
+    if path:
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from exc
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+        if data is not None:
+            if not isinstance(data, Mapping):
+                raise ConfigError(f"config file {p} must hold a mapping of settings")
+            _apply(cfg, data, "", f"config file {p}")
+    for dotted, value, source in _env_values(os.environ if env is None else env):
+        set_value(cfg, dotted, value, source)
+    for dotted, value in (overrides or {}).items():
+        set_value(cfg, dotted, value, "command-line flags")
+    return cfg.validate()
+
+
+def describe(cfg: Config | None = None) -> list[tuple[str, str, Any]]:
+    """List (dotted key, type name, value) for every setting: the reference in docs/."""
+    cfg = cfg or Config()
+    rows: list[tuple[str, str, Any]] = []
+
+    def walk(obj: Any, prefix: str) -> None:
+        hints = typing.get_type_hints(type(obj), include_extras=True)
+        for f in dataclasses.fields(obj):
+            hint = hints[f.name]
+            if dataclasses.is_dataclass(hint):
+                walk(getattr(obj, f.name), f"{prefix}{f.name}.")
+                continue
+            tname = hint.__name__ if isinstance(hint, type) else str(typing.get_args(hint)[1])
+            rows.append((prefix + f.name, tname, getattr(obj, f.name)))
+
+    walk(cfg, "")
+    return rows

@@ -1,0 +1,194 @@
+"""The embedded transport: the ClickHouse engine in-process (chdb), persisted under the
+data directory. One process owns a data directory; an exclusive lock file enforces it.
+
+chdb releases the GIL while a query runs, so queries and inserts go to a thread pool and
+the event loop keeps serving requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import math
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from gob_metrics.storage.base import Params, Storage, StorageError
+
+# ClickHouse error codes that a retry can cure (storage is busy, not the request wrong).
+_RETRYABLE_CODES = {
+    202,  # TOO_MANY_SIMULTANEOUS_QUERIES
+    241,  # MEMORY_LIMIT_EXCEEDED
+    252,  # TOO_MANY_PARTS
+    159,  # TIMEOUT_EXCEEDED
+}
+_CODE_RE = re.compile(r"Code: (\d+)\.")
+_LOCK_FILE = "gob-metrics.lock"
+
+
+def format_param(value: Any) -> str:
+    """Render a parameter in ClickHouse's text format, as the server parses bound values.
+
+    Top-level strings are passed raw (the server reads them verbatim); inside arrays each
+    element is quoted and escaped.
+    """
+    if isinstance(value, str):
+        return value
+    return _format_nested(value)
+
+
+def _format_nested(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_format_nested(v) for v in value) + "]"
+    raise TypeError(f"unsupported query parameter type {type(value).__name__}")
+
+
+def translate_error(exc: BaseException, what: str) -> StorageError:
+    """Map a chdb exception to StorageError, keeping ClickHouse's code and message."""
+    text = str(exc)
+    m = _CODE_RE.search(text)
+    code = int(m.group(1)) if m else None
+    return StorageError(f"{what} failed: {text}", retryable=code in _RETRYABLE_CODES, code=code)
+
+
+class EmbeddedStorage(Storage):
+    """chdb session on ``<data_dir>/clickhouse`` with a lock on ``<data_dir>``."""
+
+    engine = "embedded"
+
+    def __init__(self, data_dir: str | os.PathLike[str], database: str = "gob",
+                 threads: int = 4) -> None:
+        self.data_dir = Path(data_dir)
+        self.database = database
+        self.cluster = ""
+        self._threads = threads
+        self._session: Any = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock_fd: int | None = None
+        self._insert_exprs: dict[tuple[str, tuple[str, ...], tuple[str, ...]], str] = {}
+
+    async def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._acquire_lock()
+        from chdb import session as chdb_session  # heavy import, only when used
+
+        try:
+            self._session = chdb_session.Session(str(self.data_dir / "clickhouse"))
+        except Exception as exc:
+            self._release_lock()
+            raise StorageError(
+                f"cannot open the embedded ClickHouse engine in {self.data_dir}: {exc}",
+                retryable=False,
+            ) from exc
+        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="chdb")
+        await self.execute(f"CREATE DATABASE IF NOT EXISTS {self.database}")
+
+    def _acquire_lock(self) -> None:
+        path = self.data_dir / _LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StorageError(
+                f"data directory {self.data_dir} is in use by another gob-metrics process "
+                f"(pid {owner}); one process owns a data directory: stop it or choose "
+                "another --data-dir",
+                retryable=False,
+            ) from exc
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing drops the flock
+            self._lock_fd = None
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        if self._session is not None:
+            try:
+                self._session.close()
+            finally:
+                self._session = None
+        self._release_lock()
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        if self._pool is None or self._session is None:
+            raise StorageError("embedded storage is not open", retryable=True)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, fn, *args)
+
+    def _query_sync(self, sql: str, fmt: str, params: Params | None) -> Any:
+        bound = {k: format_param(v) for k, v in params.items()} if params else None
+        try:
+            return self._session.query(sql, fmt, params=bound)
+        except Exception as exc:
+            raise translate_error(exc, "query") from exc
+
+    async def execute(self, sql: str, params: Params | None = None) -> None:
+        await self._run(self._query_sync, sql, "CSV", params)
+
+    async def query(self, sql: str, params: Params | None = None) -> pa.Table:
+        result = await self._run(self._query_sync, sql, "ArrowTable", params)
+        return result if isinstance(result, pa.Table) else pa.table({})
+
+    def _insert_sync(self, table: str, data: pa.Table) -> None:
+        key = (table, tuple(data.column_names), tuple(str(t) for t in data.schema.types))
+        select = self._insert_exprs.get(key)
+        if select is None:
+            select = self._build_select(table, data)
+            self._insert_exprs[key] = select
+        sql = (
+            f"INSERT INTO {self.database}.{table} ({', '.join(data.column_names)}) "
+            f"SETTINGS max_partitions_per_insert_block = 0 "
+            f"SELECT {select} FROM Python(gob_insert_data)"
+        )
+        gob_insert_data = data  # noqa: F841 - read by chdb's Python() table function
+        try:
+            self._session.query(sql, "CSV")
+        except Exception as exc:
+            raise translate_error(exc, f"insert into {table}") from exc
+
+    def _build_select(self, table: str, data: pa.Table) -> str:
+        """Column expressions that turn the Arrow wire types into the table's types."""
+        desc = self._query_sync(
+            "SELECT name, type FROM system.columns WHERE database = {db:String} "
+            "AND table = {t:String}", "ArrowTable", {"db": self.database, "t": table})
+        types = dict(zip(desc.column("name").to_pylist(), desc.column("type").to_pylist(),
+                         strict=True))
+        exprs = []
+        for name, atype in zip(data.column_names, data.schema.types, strict=True):
+            if name not in types:
+                raise StorageError(f"table {table} has no column {name}", retryable=False)
+            ctype = types[name]
+            if pa.types.is_fixed_size_binary(atype) and ctype in ("UInt128", "Int128"):
+                exprs.append(f"reinterpretAs{ctype}({name})")
+            else:
+                exprs.append(name)
+        return ", ".join(exprs)
+
+    async def insert(self, table: str, data: pa.Table) -> None:
+        if data.num_rows:
+            await self._run(self._insert_sync, table, data)

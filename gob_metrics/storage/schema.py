@@ -1,0 +1,116 @@
+"""Table names and the migration runner: numbered SQL files in ``sql/`` applied in order
+and recorded in ``schema_migrations``.
+
+Identifiers reach SQL only from here (the configured database is validated as an
+identifier at start); everything else is bound as a query parameter.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from gob_metrics.storage.base import Storage
+
+log = logging.getLogger(__name__)
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+
+SAMPLES = "samples"
+SERIES = "series"
+METADATA = "metadata"
+MIGRATIONS = "schema_migrations"
+
+_MACRO = re.compile(r"\{(db|on_cluster|local:[a-z_]+|engine:[^{}]+|distributed:[a-z_]+:[^{}]+)\}")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+def _split(sql: str) -> list[str]:
+    lines = [ln for ln in sql.splitlines() if not ln.lstrip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def expand(statement: str, database: str, cluster: str) -> str:
+    """Expand the schema macros of one statement (see sql/001_initial_schema.sql)."""
+    table = ""
+
+    def sub(m: re.Match[str]) -> str:
+        nonlocal table
+        macro = m.group(1)
+        if macro == "db":
+            return database
+        if macro == "on_cluster":
+            return f"ON CLUSTER {cluster}" if cluster else ""
+        kind, _, arg = macro.partition(":")
+        if kind == "local":
+            table = arg + ("_local" if cluster else "")
+            return table
+        if kind == "engine":
+            if not cluster:
+                return arg
+            name, _, rest = arg.partition("(")
+            inner = rest.rstrip(")")
+            zk = f"'/clickhouse/tables/{{shard}}/{database}/{table}', '{{replica}}'"
+            return f"Replicated{name}({zk}{', ' + inner if inner else ''})"
+        # distributed:NAME:KEY
+        name, _, key = arg.partition(":")
+        if not cluster:
+            return ""
+        return (
+            f"CREATE TABLE IF NOT EXISTS {database}.{name} ON CLUSTER {cluster} "
+            f"AS {database}.{name}_local "
+            f"ENGINE = Distributed({cluster}, {database}, {name}_local, {key})"
+        )
+
+    return _MACRO.sub(sub, statement).strip()
+
+
+def load_migrations(sql_dir: Path = SQL_DIR) -> list[Migration]:
+    """Read ``NNN_name.sql`` files in version order."""
+    out: list[Migration] = []
+    for path in sorted(sql_dir.glob("*.sql")):
+        m = re.fullmatch(r"(\d+)_([a-z0-9_]+)\.sql", path.name)
+        if not m:
+            raise ValueError(f"migration file {path} is not named NNN_name.sql")
+        out.append(Migration(int(m.group(1)), m.group(2), tuple(_split(path.read_text()))))
+    versions = [m.version for m in out]
+    if len(set(versions)) != len(versions):
+        raise ValueError(f"duplicate migration versions in {sql_dir}: {versions}")
+    return out
+
+
+async def migrate(storage: Storage, sql_dir: Path = SQL_DIR) -> list[int]:
+    """Apply the migrations not yet recorded; return the versions applied now."""
+    db, cluster = storage.database, storage.cluster
+    on_cluster = f"ON CLUSTER {cluster}" if cluster else ""
+    await storage.execute(f"CREATE DATABASE IF NOT EXISTS {db} {on_cluster}")
+    await storage.execute(
+        f"CREATE TABLE IF NOT EXISTS {db}.{MIGRATIONS} {on_cluster} "
+        "(version UInt32, name String, applied_at DateTime DEFAULT now()) "
+        "ENGINE = MergeTree ORDER BY version"
+    )
+    done_tbl = await storage.query(f"SELECT DISTINCT version FROM {db}.{MIGRATIONS}")
+    done = set(done_tbl.column("version").to_pylist()) if done_tbl.num_rows else set()
+    applied: list[int] = []
+    for mig in load_migrations(sql_dir):
+        if mig.version in done:
+            continue
+        for stmt in mig.statements:
+            sql = expand(stmt, db, cluster)
+            if sql:
+                await storage.execute(sql)
+        await storage.execute(
+            f"INSERT INTO {db}.{MIGRATIONS} (version, name) SELECT {{v:UInt32}}, {{n:String}}",
+            {"v": mig.version, "n": mig.name},
+        )
+        log.info("migration applied", extra={"version": mig.version, "migration": mig.name})
+        applied.append(mig.version)
+    return applied

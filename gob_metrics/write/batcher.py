@@ -1,0 +1,148 @@
+"""Group commit: concurrent requests join a shared batch that is inserted when it reaches
+``write.batch_max_samples`` or ``write.batch_max_age``; each request is answered only
+after the batch holding its samples is durably inserted.
+
+Memory is bounded by ``write.max_pending_samples`` (samples pending plus being inserted):
+a request that does not fit waits for room up to ``write.queue_timeout`` and is then
+answered 503 with Retry-After, so nothing queues without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from gob_metrics.errors import Unavailable
+from gob_metrics.write.prepare import Prepared
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Batch:
+    parts: list[Prepared] = field(default_factory=list)
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    samples: int = 0
+    created: float = field(default_factory=time.monotonic)
+
+
+Flush = Callable[[Batch], Awaitable[None]]
+
+
+class Batcher:
+    """Collects Prepared parts into batches and hands sealed batches to ``flush``."""
+
+    def __init__(self, flush: Flush, *, max_samples: int, max_age: float, max_pending: int,
+                 queue_timeout: float, workers: int = 2) -> None:
+        self._flush = flush
+        self.max_samples = max_samples
+        self.max_age = max_age
+        self.max_pending = max_pending
+        self.queue_timeout = queue_timeout
+        self._workers_n = workers
+        self._current = Batch()
+        self._queue: asyncio.Queue[Batch | None] = asyncio.Queue()
+        self._held = 0  # samples admitted and not yet inserted (or failed)
+        self._room = asyncio.Condition()
+        self._timer: asyncio.TimerHandle | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._closing = False
+
+    @property
+    def pending_samples(self) -> int:
+        return self._held
+
+    def start(self) -> None:
+        self._workers = [asyncio.create_task(self._worker(), name=f"batch-flush-{i}")
+                         for i in range(self._workers_n)]
+
+    async def submit(self, part: Prepared) -> None:
+        """Add ``part`` to the current batch and wait until it is durably inserted."""
+        if self._closing:
+            raise Unavailable("server is shutting down; retry against another replica", 1.0)
+        n = part.samples + len(part.new_series) + len(part.metadata)
+        await self._admit(n)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        batch = self._current
+        batch.parts.append(part)
+        batch.waiters.append(fut)
+        batch.samples += n
+        if batch.samples >= self.max_samples:
+            self._seal()
+        elif self._timer is None:
+            self._timer = loop.call_later(self.max_age, self._seal)
+        # The insert proceeds even if this request is cancelled (client gone): shield it.
+        await asyncio.shield(fut)
+
+    async def _admit(self, n: int) -> None:
+        # A part larger than the whole budget is admitted alone, when nothing else is held,
+        # so that it can still make progress.
+        def fits() -> bool:
+            return self._held + n <= self.max_pending or self._held == 0
+
+        async with self._room:
+            if not fits():
+                try:
+                    await asyncio.wait_for(self._room.wait_for(fits), self.queue_timeout)
+                except TimeoutError:
+                    raise Unavailable(
+                        f"ingest queue full: {self._held} samples pending, request has {n}, "
+                        f"limit write.max_pending_samples={self.max_pending}; retry later",
+                        retry_after=max(1.0, self.max_age * 5),
+                    ) from None
+            self._held += n
+
+    def _seal(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch = self._current
+        if not batch.parts:
+            return
+        self._current = Batch()
+        self._queue.put_nowait(batch)
+
+    async def _release(self, n: int) -> None:
+        async with self._room:
+            self._held -= n
+            self._room.notify_all()
+
+    async def _worker(self) -> None:
+        while True:
+            batch = await self._queue.get()
+            if batch is None:
+                return
+            try:
+                await self._flush(batch)
+            except Exception as exc:
+                for fut in batch.waiters:
+                    if not fut.done():
+                        fut.set_exception(exc)
+            else:
+                for fut in batch.waiters:
+                    if not fut.done():
+                        fut.set_result(None)
+            finally:
+                await self._release(batch.samples)
+
+    async def close(self, timeout: float) -> None:
+        """Stop accepting, flush what is pending, and wait for the workers (drain)."""
+        self._closing = True
+        self._seal()
+        for _ in self._workers:
+            self._queue.put_nowait(None)
+        if not self._workers:
+            return
+        done, pending = await asyncio.wait(self._workers, timeout=timeout)
+        for task in pending:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if pending:
+            log.error("shutdown timeout: some batches were not flushed",
+                      extra={"timeout_s": timeout})

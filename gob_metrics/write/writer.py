@@ -1,0 +1,107 @@
+"""Insert a sealed batch: new series first, then metadata, then samples; only when all
+three are durable is the series cache told about the new series."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from gob_metrics.metrics import Metrics
+from gob_metrics.storage import schema
+from gob_metrics.storage.base import Storage
+from gob_metrics.write.batcher import Batch
+from gob_metrics.write.series import SeriesCache
+
+_LABELS_TYPE = pa.map_(pa.string(), pa.string())
+_ID_TYPE = pa.binary(16)
+
+
+def samples_table(batch: Batch) -> pa.Table:
+    tenants: list[pa.Array] = []
+    ids = b"".join(p.series_ids for p in batch.parts)
+    ts = np.concatenate([p.timestamps for p in batch.parts])
+    vals = np.concatenate([p.values for p in batch.parts])
+    for p in batch.parts:
+        tenants.append(pa.DictionaryArray.from_arrays(
+            pa.array(np.zeros(p.samples, np.int32)), pa.array([p.tenant])))
+    tenant = pa.chunked_array(tenants, type=pa.dictionary(pa.int32(), pa.string()))
+    n = len(ts)
+    id_arr = pa.FixedSizeBinaryArray.from_buffers(_ID_TYPE, n, [None, pa.py_buffer(ids)])
+    return pa.table({
+        "tenant": tenant,
+        "series_id": id_arr,
+        "timestamp": pa.array(ts, pa.int64()),
+        "value": pa.array(vals, pa.float64()),
+    })
+
+
+def series_table(batch: Batch) -> pa.Table | None:
+    seen: set[tuple[str, bytes]] = set()
+    tenant, ids, names, labels = [], [], [], []
+    for p in batch.parts:
+        for s in p.new_series:
+            k = (p.tenant, s.series_id)
+            if k in seen:
+                continue
+            seen.add(k)
+            tenant.append(p.tenant)
+            ids.append(s.series_id)
+            names.append(s.metric_name)
+            labels.append(list(s.labels.items()))
+    if not ids:
+        return None
+    return pa.table({
+        "tenant": pa.array(tenant, pa.string()),
+        "series_id": pa.array(ids, _ID_TYPE),
+        "metric_name": pa.array(names, pa.string()),
+        "labels": pa.array(labels, _LABELS_TYPE),
+    })
+
+
+def metadata_table(batch: Batch, now_ms: int) -> pa.Table | None:
+    rows = {(p.tenant, *m) for p in batch.parts for m in p.metadata}
+    if not rows:
+        return None
+    cols = list(zip(*sorted(rows), strict=True))
+    return pa.table({
+        "tenant": pa.array(cols[0], pa.string()),
+        "metric_family_name": pa.array(cols[1], pa.string()),
+        "type": pa.array(cols[2], pa.string()),
+        "help": pa.array(cols[3], pa.string()),
+        "unit": pa.array(cols[4], pa.string()),
+        "updated_at": pa.array(np.full(len(rows), now_ms, "datetime64[ms]"), pa.timestamp("ms")),
+    })
+
+
+class Writer:
+    """The batcher's flush function: writes a batch and then updates the cache."""
+
+    def __init__(self, storage: Storage, cache: SeriesCache, metrics: Metrics) -> None:
+        self.storage = storage
+        self.cache = cache
+        self.metrics = metrics
+
+    async def _insert(self, table: str, data: pa.Table) -> None:
+        start = time.perf_counter()
+        try:
+            await self.storage.insert(table, data)
+        finally:
+            self.metrics.insert_duration.labels(table).observe(time.perf_counter() - start)
+
+    async def __call__(self, batch: Batch) -> None:
+        series = series_table(batch)
+        if series is not None:
+            await self._insert(schema.SERIES, series)
+        meta = metadata_table(batch, int(time.time() * 1000))
+        if meta is not None:
+            await self._insert(schema.METADATA, meta)
+        samples = samples_table(batch)
+        if samples.num_rows:
+            await self._insert(schema.SAMPLES, samples)
+        self.metrics.batch_samples.observe(samples.num_rows)
+        new = [(s.key, s.series_id) for p in batch.parts for s in p.new_series]
+        if new:
+            self.cache.add_many(new)
+            self.metrics.series_created.inc(series.num_rows if series is not None else 0)
