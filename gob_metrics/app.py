@@ -51,20 +51,26 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     route = request.match_info.route
     name = route.resource.canonical if route.resource is not None else "other"
     start = time.perf_counter()
+    status = 500
     try:
         response = await handler(request)
+        status = response.status
+        return response
     except web.HTTPException as exc:  # aiohttp's own 404/405/413
-        response = exc
+        status = exc.status
+        raise
     except errors.GobError as exc:
         if exc.status >= 500:
             log.warning("request failed", extra={"path": request.path, "error": str(exc)})
         response = _error_response(request, exc)
+        status = response.status
+        return response
     except Exception as exc:
         log.exception("unhandled error", extra={"path": request.path})
-        response = _error_response(request, exc)
-    metrics.requests.labels(name, str(response.status)).inc()
-    metrics.request_duration.labels(name).observe(time.perf_counter() - start)
-    return response
+        return _error_response(request, exc)
+    finally:
+        metrics.requests.labels(name, str(status)).inc()
+        metrics.request_duration.labels(name).observe(time.perf_counter() - start)
 
 
 async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:

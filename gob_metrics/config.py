@@ -106,7 +106,7 @@ class Config:
                "server.log_level", self.server.log_level, "one of debug, info, warning, error")
         _check(self.server.log_format in {"json", "text"},
                "server.log_format", self.server.log_format, "json or text")
-        host, sep, port = self.server.listen.rpartition(":")
+        _host, sep, port = self.server.listen.rpartition(":")
         _check(bool(sep) and port.isdigit() and 0 < int(port) < 65536,
                "server.listen", self.server.listen, "host:port, e.g. 127.0.0.1:9201")
         _check(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.storage.database) is not None,

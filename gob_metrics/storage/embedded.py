@@ -169,6 +169,7 @@ class EmbeddedStorage(Storage):
         try:
             self._session.query(sql, "CSV")
         except Exception as exc:
+            self._insert_exprs.pop(key, None)  # the table may have changed
             raise translate_error(exc, f"insert into {table}") from exc
 
     def _build_select(self, table: str, data: pa.Table) -> str:
@@ -178,6 +179,9 @@ class EmbeddedStorage(Storage):
             "AND table = {t:String}", "ArrowTable", {"db": self.database, "t": table})
         types = dict(zip(desc.column("name").to_pylist(), desc.column("type").to_pylist(),
                          strict=True))
+        if not types:
+            raise StorageError(f"insert into {table} failed: table {self.database}.{table} "
+                               "does not exist", retryable=False)
         exprs = []
         for name, atype in zip(data.column_names, data.schema.types, strict=True):
             if name not in types:

@@ -138,7 +138,7 @@ class Batcher:
             self._queue.put_nowait(None)
         if not self._workers:
             return
-        done, pending = await asyncio.wait(self._workers, timeout=timeout)
+        _, pending = await asyncio.wait(self._workers, timeout=timeout)
         for task in pending:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
