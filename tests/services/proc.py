@@ -23,7 +23,9 @@ def free_port() -> int:
 
 def require_binary(name: str) -> str:
     """Return the path of ``name``; fail (never skip) when the test command did not install it."""
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+    path = shutil.which(name)
+    if path is None and os.path.exists(f"/usr/sbin/{name}"):
+        path = f"/usr/sbin/{name}"
     if path is None:
         raise RuntimeError(
             f"{name} is not installed: run the README test command (scripts/test.sh), "
