@@ -8,9 +8,10 @@ from typing import Any
 from aiohttp import web
 
 from gob_metrics.errors import BadRequest
-from gob_metrics.keys import CONFIG, STORAGE
+from gob_metrics.keys import STORAGE
 from gob_metrics.storage import schema
 from gob_metrics.storage.base import Storage
+from gob_metrics.tenancy import request_tenant
 
 _MAX_LIMIT = 10_000
 
@@ -84,6 +85,6 @@ def parse_limit(text: str | None) -> int:
 
 async def tsdb_status_handler(request: web.Request) -> web.Response:
     limit = parse_limit(request.query.get("limit"))
-    tenant = request.app[CONFIG].write.default_tenant
+    tenant = request_tenant(request)
     data = await tsdb_stats(request.app[STORAGE], tenant, limit)
     return web.json_response({"status": "success", "data": data})

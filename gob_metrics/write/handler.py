@@ -9,6 +9,7 @@ from aiohttp import web
 
 from gob_metrics.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from gob_metrics.keys import BATCHER, CONFIG, METRICS, SERIES_CACHE
+from gob_metrics.tenancy import request_tenant
 from gob_metrics.write.decode import decompress, parse_write_request
 from gob_metrics.write.prepare import prepare
 
@@ -65,7 +66,7 @@ async def write_handler(request: web.Request) -> web.StreamResponse:
     check_headers(request)
     body = await read_body(request, cfg.max_request_bytes)
     req = parse_write_request(decompress(body, cfg.max_decompressed_bytes))
-    tenant = cfg.default_tenant
+    tenant = request_tenant(request)
     max_ts = int((time.time() + cfg.future_grace) * 1000)
     part = prepare(req, tenant, app[SERIES_CACHE], max_ts)
     if part.samples or part.new_series or part.metadata:
