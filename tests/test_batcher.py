@@ -1,0 +1,116 @@
+"""Group commit: batching by size and age, answers only after the insert, bounded memory."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from gob_metrics.errors import Unavailable
+from gob_metrics.storage.base import StorageError
+from gob_metrics.write.batcher import Batch, Batcher
+from gob_metrics.write.prepare import Prepared
+
+
+def part(n: int) -> Prepared:
+    return Prepared(tenant="t", series_ids=b"\x00" * 16 * n,
+                    timestamps=np.arange(n, dtype=np.int64), values=np.zeros(n))
+
+
+class Recorder:
+    """A flush function that records batches and can be held closed by a test."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.fail: Exception | None = None
+
+    async def __call__(self, batch: Batch) -> None:
+        await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        self.batches.append(batch.samples)
+
+
+def batcher(rec: Recorder, **kw: float) -> Batcher:
+    args = {"max_samples": 100, "max_age": 0.05, "max_pending": 1000, "queue_timeout": 0.2}
+    args.update(kw)
+    b = Batcher(rec, **args)  # type: ignore[arg-type]
+    b.start()
+    return b
+
+
+async def test_concurrent_requests_share_one_batch() -> None:
+    rec = Recorder()
+    b = batcher(rec)
+    await asyncio.gather(*(b.submit(part(10)) for _ in range(5)))
+    assert rec.batches == [50]
+    await b.close(1)
+
+
+async def test_batch_sealed_at_size_before_age() -> None:
+    rec = Recorder()
+    b = batcher(rec, max_age=30)
+    await asyncio.wait_for(asyncio.gather(*(b.submit(part(50)) for _ in range(4))), 5)
+    assert rec.batches == [100, 100]
+    await b.close(1)
+
+
+async def test_answer_waits_for_insert() -> None:
+    rec = Recorder()
+    rec.gate.clear()
+    b = batcher(rec)
+    task = asyncio.create_task(b.submit(part(5)))
+    await asyncio.sleep(0.2)
+    assert not task.done()  # the batch is sealed but not inserted: no answer yet
+    rec.gate.set()
+    await asyncio.wait_for(task, 2)
+    assert rec.batches == [5]
+    await b.close(1)
+
+
+async def test_insert_failure_reaches_every_request_of_the_batch() -> None:
+    rec = Recorder()
+    rec.fail = StorageError("disk on fire")
+    b = batcher(rec)
+    results = await asyncio.gather(b.submit(part(1)), b.submit(part(2)), return_exceptions=True)
+    assert [type(r) for r in results] == [StorageError, StorageError]
+    assert b.pending_samples == 0  # memory released
+    await b.close(1)
+
+
+async def test_full_queue_answers_unavailable_after_timeout() -> None:
+    rec = Recorder()
+    rec.gate.clear()
+    b = batcher(rec, max_samples=10, max_pending=20, queue_timeout=0.1)
+    first = [asyncio.create_task(b.submit(part(10))) for _ in range(2)]
+    await asyncio.sleep(0.05)
+    with pytest.raises(Unavailable, match=r"write\.max_pending_samples=20"):
+        await b.submit(part(10))
+    assert b.pending_samples == 20
+    rec.gate.set()
+    await asyncio.gather(*first)
+    await b.submit(part(10))  # room again
+    await b.close(1)
+
+
+async def test_oversized_request_admitted_alone() -> None:
+    rec = Recorder()
+    b = batcher(rec, max_samples=10, max_pending=20)
+    await asyncio.wait_for(b.submit(part(50)), 2)
+    assert rec.batches == [50]
+    await b.close(1)
+
+
+async def test_close_flushes_pending_and_refuses_new() -> None:
+    rec = Recorder()
+    b = batcher(rec, max_age=60)
+    task = asyncio.create_task(b.submit(part(7)))
+    await asyncio.sleep(0.01)
+    await b.close(2)
+    await asyncio.wait_for(task, 1)
+    assert rec.batches == [7]
+    with pytest.raises(Unavailable, match="shutting down"):
+        await b.submit(part(1))
