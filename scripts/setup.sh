@@ -26,4 +26,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 spec="."
 [ -n "$extras" ] && spec=".[${extras}]"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e "$spec"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e "$spec" 2>&1 \
+  | { grep -v "^WARNING: Location .* is ignored" || true; }

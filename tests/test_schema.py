@@ -1,0 +1,47 @@
+"""Migrations and the DDL macros for single servers and clusters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gob_metrics.keys import STORAGE
+from gob_metrics.storage.schema import expand, load_migrations, migrate
+
+CREATE = ("CREATE TABLE IF NOT EXISTS {db}.{local:samples} {on_cluster} (x UInt8) "
+          "ENGINE = {engine:ReplacingMergeTree()} ORDER BY x")
+
+
+def test_expand_single_server() -> None:
+    assert expand(CREATE, "gob", "") == (
+        "CREATE TABLE IF NOT EXISTS gob.samples  (x UInt8) "
+        "ENGINE = ReplacingMergeTree() ORDER BY x")
+    assert expand("{distributed:samples:sipHash64(tenant, series_id)}", "gob", "") == ""
+
+
+def test_expand_cluster() -> None:
+    assert expand(CREATE, "gob", "main") == (
+        "CREATE TABLE IF NOT EXISTS gob.samples_local ON CLUSTER main (x UInt8) "
+        "ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/gob/samples_local', "
+        "'{replica}') ORDER BY x")
+    assert expand("{distributed:samples:sipHash64(tenant, series_id)}", "gob", "main") == (
+        "CREATE TABLE IF NOT EXISTS gob.samples ON CLUSTER main AS gob.samples_local "
+        "ENGINE = Distributed(main, gob, samples_local, sipHash64(tenant, series_id))")
+    versioned = expand("ENGINE = {engine:ReplacingMergeTree(updated_at)}", "gob", "c")
+    assert versioned.endswith("'{replica}', updated_at)")
+
+
+def test_migration_files_are_ordered_and_expand_fully() -> None:
+    migs = load_migrations()
+    assert [m.version for m in migs] == sorted(m.version for m in migs)
+    for m in migs:
+        for stmt in m.statements:
+            for cluster in ("", "c1"):
+                sql = expand(stmt, "gob", cluster)
+                assert "{db}" not in sql and "{local:" not in sql and "{engine:" not in sql
+
+
+async def test_migrate_is_idempotent(gob_client: Any) -> None:
+    storage = gob_client.app[STORAGE]
+    assert await migrate(storage) == []
+    t = await storage.query(f"SELECT version, name FROM {storage.database}.schema_migrations")
+    assert t.to_pylist() == [{"version": 1, "name": "initial_schema"}]
