@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -30,8 +31,9 @@ def make_config(tmp_path: Path) -> Callable[..., Config]:
         }
         if CLICKHOUSE_URL:
             # A fresh database per test keeps server runs as isolated as embedded ones.
-            base["storage.clickhouse.url"] = CLICKHOUSE_URL
-            base["storage.database"] = f"gob_test_{uuid.uuid4().hex[:12]}"
+            db = f"gob_test_{uuid.uuid4().hex[:12]}"
+            base["storage.clickhouse.url"] = urlunsplit(urlsplit(CLICKHOUSE_URL)._replace(
+                path="/" + db))
         base.update(overrides)
         return load_config(env={}, overrides=base)
 

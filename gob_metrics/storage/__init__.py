@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from gob_metrics.config import Config
 from gob_metrics.storage.base import Storage, StorageError
 
@@ -14,8 +16,11 @@ def create_storage(cfg: Config) -> Storage:
     if ch.url:
         from gob_metrics.storage.clickhouse import ClickHouseStorage
 
+        # The URL's /database wins; without one, storage.database names it.
+        has_db = urlsplit(ch.url).path.strip("/") != ""
         return ClickHouseStorage(
             ch.url,
+            database=None if has_db else cfg.storage.database,
             cluster=ch.cluster,
             pool_size=ch.pool_size,
             connect_timeout=ch.connect_timeout,
