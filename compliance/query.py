@@ -1,0 +1,76 @@
+"""Run a range query against a Prometheus-compatible HTTP API and decode the answer.
+
+Requests are what client_golang's ``QueryRange`` sends (POST form ``query``, ``start``,
+``end``, ``step``); errors are reported with the text that client would give, because
+the tester's *unsupported* rule looks for ``501`` in it.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+
+from compliance.compare import Answer, QueryError, QueryResult, Series
+
+# Status codes with which the Prometheus API answers its own JSON errors; any other
+# non-2xx is reported by client_golang as "client error: <code>" / "server error: <code>".
+_API_ERROR_CODES = {400, 422, 503}
+
+
+def _ms(ts: Any) -> int:
+    """A JSON timestamp (seconds, up to ms precision) as integer ms, truncated like
+    prometheus/common ``model.Time`` does."""
+    return int(Decimal(str(ts)) * 1000)
+
+
+def _series(item: dict[str, Any]) -> Series:
+    points = [(_ms(t), float(v)) for t, v in item.get("values") or ()]
+    return Series(dict(item.get("metric") or {}), points)
+
+
+def decode(status: int, body: bytes) -> Answer:
+    """Turn an HTTP answer of /api/v1/query_range into a result or an error."""
+    try:
+        doc = json.loads(body, parse_float=Decimal)
+    except ValueError:
+        doc = None
+    if status // 100 != 2 and status not in _API_ERROR_CODES:
+        kind = "server" if status >= 500 else "client"
+        excerpt = body[:300].decode(errors="replace").strip()
+        return QueryError(f"{kind}_error: {kind} error: {status}: {excerpt}")
+    if not isinstance(doc, dict):
+        return QueryError(f"bad_response: HTTP {status}: not a JSON object: {body[:200]!r}")
+    if doc.get("status") != "success":
+        return QueryError(f"{doc.get('errorType', 'unknown')}: {doc.get('error', '')}")
+    data = doc.get("data") or {}
+    rtype, result = data.get("resultType"), data.get("result")
+    try:
+        if result is None:
+            return QueryResult(str(rtype), None)
+        if rtype == "matrix":
+            return QueryResult(rtype, [_series(item) for item in result])
+        if rtype == "vector":
+            return QueryResult(rtype, [
+                Series(dict(item.get("metric") or {}),
+                       [(_ms(item["value"][0]), float(item["value"][1]))]) for item in result])
+        if rtype in ("scalar", "string"):
+            value = float(result[1]) if rtype == "scalar" else float("nan")
+            return QueryResult(rtype, [Series({}, [(_ms(result[0]), value)])])
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        return QueryError(f"bad_response: cannot decode {rtype} result: {exc}")
+    return QueryError(f"bad_response: unknown resultType {rtype!r}")
+
+
+async def query_range(session: aiohttp.ClientSession, base_url: str, query: str, *,
+                      start: Decimal, end: Decimal, step: Decimal) -> Answer:
+    """POST /api/v1/query_range; transport failures become a QueryError too."""
+    form = {"query": query, "start": str(start), "end": str(end), "step": str(step)}
+    try:
+        async with session.post(base_url.rstrip("/") + "/api/v1/query_range",
+                                data=form) as resp:
+            return decode(resp.status, await resp.read())
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        return QueryError(f"request failed: {type(exc).__name__}: {exc}")

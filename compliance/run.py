@@ -1,0 +1,254 @@
+"""One compliance run: start the programs, load the data set into them, run every case
+against the reference and the system under test, and report.
+
+Modes (the reference is always a Prometheus 2.42 fed by remote_write):
+
+* ``remote-read``: the system under test is a second, empty Prometheus 2.42 whose
+  ``remote_read`` (``read_recent: true``) points at gob-metrics' ``/api/v1/read``. With
+  ``read_from="reference"`` it reads the reference's own ``/api/v1/read`` instead, which
+  checks the harness itself (it must pass every case).
+* ``promql``: the system under test is a PromQL HTTP API: gob-metrics' own (``gob``), a
+  second remote_write-fed Prometheus (``prometheus``, a self-check), or any URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+import aiohttp
+
+from compliance import services
+from compliance.cases import Case
+from compliance.compare import Answer, Outcome, QueryError, Status, Tolerance, judge
+from compliance.query import query_range
+from compliance.remote_write import EncodedDataset, build_dataset, send_all
+
+# The data set covers 00:00-03:00; queries look back up to 1h10m (plus 5m lookback) and
+# forward 10m (``offset -10m``) from the 02:30-02:40 window.
+DEFAULT_END = Decimal(1_705_286_400)  # 2024-01-15T02:40:00Z
+DEFAULT_RANGE_S = 600
+DEFAULT_STEP_S = 10
+# gob-metrics answers a remote_write only once its batch is durable; with one request in
+# flight a short batch age keeps loading fast.
+GOB_ARGS = ("--set", "write.batch_max_age=10ms")
+
+
+@dataclass
+class RunOptions:
+    mode: str = "remote-read"                 # remote-read | promql
+    read_from: str = "gob"                    # remote-read: gob | reference | URL
+    test_url: str = "gob"                     # promql: gob | prometheus | URL
+    test_write_url: str | None = None         # promql with a URL: where to load (None: URL)
+    end: Decimal = DEFAULT_END
+    range_s: int = DEFAULT_RANGE_S
+    step_s: int = DEFAULT_STEP_S
+    parallelism: int = 4
+    timeout_s: float = 10.0
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    workdir: Path | None = None               # kept after the run when given
+    verbose: bool = False
+
+
+@dataclass
+class RunReport:
+    outcomes: list[Outcome]
+    seconds: float
+    load_seconds: float
+    dataset: EncodedDataset
+    description: str
+
+    @property
+    def passed(self) -> int:
+        return sum(o.passed for o in self.outcomes)
+
+    @property
+    def ok(self) -> bool:
+        return self.passed == len(self.outcomes)
+
+
+def select_cases(cases: list[Case], pattern: str | None, limit: int | None) -> list[Case]:
+    if pattern:
+        rx = re.compile(pattern)
+        cases = [c for c in cases if rx.search(c.query)]
+    return cases[:limit] if limit is not None else cases
+
+
+async def run_cases(cases: list[Case], ref_url: str, test_url: str, opts: RunOptions,
+                    progress: Callable[[int, Outcome], None] | None = None) -> list[Outcome]:
+    """Query both systems for every case (``opts.parallelism`` cases at a time, each
+    pair within ``opts.timeout_s``) and judge the answers; results in case order."""
+    start = opts.end - opts.range_s
+    step = Decimal(opts.step_s)
+    sem = asyncio.Semaphore(opts.parallelism)
+    done = 0
+
+    async def one(case: Case, session: aiohttp.ClientSession) -> Outcome:
+        nonlocal done
+        async with sem:
+            async def ask(url: str) -> Answer:
+                return await query_range(session, url, case.query, start=start,
+                                         end=opts.end, step=step)
+
+            ref_task = asyncio.ensure_future(ask(ref_url))
+            test_task = asyncio.ensure_future(ask(test_url))
+            _, pending = await asyncio.wait({ref_task, test_task}, timeout=opts.timeout_s)
+            for task in pending:
+                task.cancel()
+            timeout = QueryError(f"timeout: no answer within {opts.timeout_s}s")
+            ref = timeout if ref_task in pending else ref_task.result()
+            test = timeout if test_task in pending else test_task.result()
+            outcome = judge(case, ref, test, opts.tolerance)
+        done += 1
+        if progress is not None:
+            progress(done, outcome)
+        return outcome
+
+    connector = aiohttp.TCPConnector(limit=2 * opts.parallelism + 2)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        return list(await asyncio.gather(*(one(c, session) for c in cases)))
+
+
+def _progress_printer(total: int, verbose: bool) -> Callable[[int, Outcome], None]:
+    failed = 0
+    every = max(1, total // 10)
+
+    def show(done: int, outcome: Outcome) -> None:
+        nonlocal failed
+        if not outcome.passed:
+            failed += 1
+            if verbose:
+                print(f"  FAIL [{outcome.status.value}] {outcome.case.query}\n"
+                      f"       {outcome.detail}", flush=True)
+        if done % every == 0 or done == total:
+            print(f"  [{done:>4}/{total}] {done - failed} passed, {failed} failed", flush=True)
+
+    return show
+
+
+async def _load(dataset: EncodedDataset, urls: list[str]) -> float:
+    bodies = dataset.compressed()
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(send_all(session, u, bodies) for u in urls))
+    return time.monotonic() - started
+
+
+async def check_reference(url: str, dataset: EncodedDataset) -> None:
+    """Refuse to compare anything unless the reference holds every generated series."""
+    query = 'count(last_over_time({__name__=~".+"}[4h]))'
+    at = Decimal(dataset.last_ms) / 1000
+    async with aiohttp.ClientSession() as session, session.get(
+            url + "/api/v1/query", params={"query": query, "time": str(at)}) as resp:
+        doc = await resp.json()
+    result = doc.get("data", {}).get("result") or [{"value": [0, "0"]}]
+    held = int(float(result[0]["value"][1]))
+    if held != dataset.series:
+        raise services.ServiceError(f"the reference Prometheus holds {held} series after "
+                                    f"loading, expected {dataset.series}")
+
+
+def _start_all(svcs: list[services.Service]) -> None:
+    # Started side by side: gob-metrics' embedded engine takes a few seconds to open.
+    errors: list[BaseException] = []
+
+    async def start_all() -> None:
+        results = await asyncio.gather(*(asyncio.to_thread(s.start) for s in svcs),
+                                       return_exceptions=True)
+        errors.extend(r for r in results if isinstance(r, BaseException))
+
+    asyncio.run(start_all())
+    if errors:
+        raise errors[0]
+
+
+def run(cases: list[Case], opts: RunOptions) -> RunReport:
+    """Start what the mode needs under a temporary directory, load, compare, stop."""
+    t0 = time.monotonic()
+    print("generating the data set ...", flush=True)
+    dataset = build_dataset()
+    print(f"  {len(dataset.requests)} requests, {dataset.series} series, {dataset.samples} "
+          f"samples, sha256 {dataset.sha256}", flush=True)
+    workdir = opts.workdir or Path(tempfile.mkdtemp(prefix="gob-compliance-"))
+    started: list[services.Service] = []
+    try:
+        ref = services.prometheus(workdir / "reference", "prometheus-reference", receiver=True)
+        to_start = [ref]
+        load_urls = [ref.url + "/api/v1/write"]
+        gob = None
+        need_gob = (opts.mode == "remote-read" and opts.read_from == "gob") or (
+            opts.mode == "promql" and opts.test_url == "gob")
+        if need_gob:
+            gob = services.gob_metrics(workdir / "gob-metrics", extra_args=GOB_ARGS)
+            to_start.append(gob)
+            load_urls.append(gob.url + "/api/v1/write")
+        if opts.mode == "remote-read":
+            read_url = {"gob": gob.url if gob else "",
+                        "reference": ref.url}.get(opts.read_from, opts.read_from)
+            read_url = read_url.rstrip("/")
+            if not read_url.endswith("/api/v1/read"):
+                read_url += "/api/v1/read"
+            sut = services.prometheus(workdir / "sut", "prometheus-remote-read", remote_read=[
+                {"url": read_url, "name": "sut", "read_recent": True}])
+            to_start.append(sut)
+            test_url = sut.url
+            description = f"remote-read: empty Prometheus 2.42 reading {read_url}"
+        elif opts.mode == "promql":
+            if opts.test_url == "gob":
+                assert gob is not None
+                test_url = gob.url
+                description = f"promql: gob-metrics query API at {test_url}"
+            elif opts.test_url == "prometheus":
+                other = services.prometheus(workdir / "sut", "prometheus-sut", receiver=True)
+                to_start.append(other)
+                load_urls.append(other.url + "/api/v1/write")
+                test_url = other.url
+                description = "promql: a second Prometheus 2.42 fed by remote_write (self-check)"
+            else:
+                test_url = opts.test_url
+                write_url = opts.test_write_url or test_url.rstrip("/") + "/api/v1/write"
+                if write_url != "none":
+                    load_urls.append(write_url)
+                description = f"promql: query API at {test_url}"
+        else:
+            raise ValueError(f"unknown mode {opts.mode!r}: remote-read or promql")
+
+        print(f"starting {', '.join(s.name for s in to_start)} in {workdir} ...", flush=True)
+        started.extend(to_start)
+        _start_all(to_start)
+        print(f"loading into {', '.join(load_urls)} ...", flush=True)
+        load_s = asyncio.run(_load(dataset, load_urls))
+        asyncio.run(check_reference(ref.url, dataset))
+        print(f"  loaded in {load_s:.1f}s", flush=True)
+        print(f"running {len(cases)} queries ({description}; parallelism {opts.parallelism}, "
+              f"timeout {opts.timeout_s}s) ...", flush=True)
+        outcomes = asyncio.run(run_cases(cases, ref.url, test_url, opts,
+                                         _progress_printer(len(cases), opts.verbose)))
+        return RunReport(outcomes, time.monotonic() - t0, load_s, dataset, description)
+    finally:
+        for svc in reversed(started):
+            svc.stop()
+        if opts.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def print_report(report: RunReport, mode: str, out=sys.stdout) -> None:
+    failed = [o for o in report.outcomes if not o.passed]
+    for o in failed:
+        print(f"FAIL [{o.status.value}] {o.case.query}\n     {o.detail}", file=out)
+    by_status: dict[Status, int] = {}
+    for o in failed:
+        by_status[o.status] = by_status.get(o.status, 0) + 1
+    breakdown = ", ".join(f"{n} {s.value}" for s, n in by_status.items()) or "no failures"
+    with_data = sum(1 for o in report.outcomes if o.reference_series)
+    print(f"{mode}: {report.passed}/{len(report.outcomes)} passed ({breakdown}; "
+          f"{with_data} compared non-empty results) in {report.seconds:.1f}s "
+          f"(load {report.load_seconds:.1f}s)", file=out)
