@@ -233,6 +233,10 @@ def run(cases: list[Case], opts: RunOptions) -> RunReport:
         outcomes = asyncio.run(run_cases(cases, ref.url, test_url, opts,
                                          _progress_printer(len(cases), opts.verbose)))
         return RunReport(outcomes, time.monotonic() - t0, load_s, dataset, description)
+    except Exception:
+        for svc in started:
+            print(f"--- last lines of {svc.log_path}:\n{svc.log_tail(15)}", file=sys.stderr)
+        raise
     finally:
         for svc in reversed(started):
             svc.stop()
