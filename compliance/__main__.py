@@ -11,6 +11,7 @@ from pathlib import Path
 
 from compliance.cases import CaseFileError, load_cases
 from compliance.compare import Tolerance
+from compliance.remote_write import LoadError
 from compliance.run import (
     DEFAULT_END,
     DEFAULT_RANGE_S,
@@ -162,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "expand":
             return _expand(args)
         return _run(args)
-    except (CaseFileError, ServiceError) as exc:
+    except (CaseFileError, ServiceError, LoadError) as exc:
         print(f"compliance: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -46,6 +46,9 @@ class QueryResult:
 
     result_type: str
     series: Sequence[Series] | None
+    #: not compared (the tester ignores them), but shown with a difference: a Prometheus
+    #: whose remote_read fails answers an empty result with the error as a warning.
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -183,8 +186,10 @@ def judge(case: Case, ref: Answer, test: Answer, tol: Tolerance = Tolerance()) -
     assert isinstance(ref, QueryResult) and isinstance(test, QueryResult)
     n_ref = len(ref.series or ())
     if test.series is not None:
-        test = QueryResult(test.result_type, sort_series(test.series))
+        test = QueryResult(test.result_type, sort_series(test.series), test.warnings)
     diff = first_difference(ref, test, tol)
     if diff is not None:
+        if test.warnings:
+            diff += f"; test warnings: {'; '.join(test.warnings)[:500]}"
         return Outcome(case, Status.DIFFERENT, diff, n_ref)
     return Outcome(case, Status.PASSED, "", n_ref)

@@ -47,18 +47,20 @@ def decode(status: int, body: bytes) -> Answer:
         return QueryError(f"{doc.get('errorType', 'unknown')}: {doc.get('error', '')}")
     data = doc.get("data") or {}
     rtype, result = data.get("resultType"), data.get("result")
+    warnings = tuple(str(w) for w in doc.get("warnings") or ())
     try:
         if result is None:
-            return QueryResult(str(rtype), None)
+            return QueryResult(str(rtype), None, warnings)
         if rtype == "matrix":
-            return QueryResult(rtype, [_series(item) for item in result])
+            return QueryResult(rtype, [_series(item) for item in result], warnings)
         if rtype == "vector":
             return QueryResult(rtype, [
                 Series(dict(item.get("metric") or {}),
-                       [(_ms(item["value"][0]), float(item["value"][1]))]) for item in result])
+                       [(_ms(item["value"][0]), float(item["value"][1]))]) for item in result],
+                warnings)
         if rtype in ("scalar", "string"):
             value = float(result[1]) if rtype == "scalar" else float("nan")
-            return QueryResult(rtype, [Series({}, [(_ms(result[0]), value)])])
+            return QueryResult(rtype, [Series({}, [(_ms(result[0]), value)])], warnings)
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         return QueryError(f"bad_response: cannot decode {rtype} result: {exc}")
     return QueryError(f"bad_response: unknown resultType {rtype!r}")
