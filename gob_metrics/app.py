@@ -13,6 +13,7 @@ from gob_metrics import errors
 from gob_metrics.config import Config
 from gob_metrics.keys import BATCHER, CONFIG, METRICS, SERIES_CACHE, STORAGE
 from gob_metrics.metrics import Metrics
+from gob_metrics.read import add_routes as add_read_routes
 from gob_metrics.status import tsdb_status_handler
 from gob_metrics.storage import StorageError, create_storage
 from gob_metrics.storage.schema import migrate
@@ -129,6 +130,7 @@ def build_app(config: Config) -> web.Application:
     app.router.add_post("/api/v1/write", write_handler)
     app.router.add_post("/api/v1/push", write_handler)
     app.router.add_get("/api/v1/status/tsdb", tsdb_status_handler)
+    add_read_routes(app)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)

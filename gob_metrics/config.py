@@ -95,10 +95,31 @@ class WriteConfig:
 
 
 @dataclass
+class ReadConfig:
+    #: series with samples in range one selector may fetch (Mimir's name); 0 = unlimited.
+    max_fetched_series_per_query: int = 100_000
+    #: samples one selector may fetch (Prometheus: storage.remote.read-sample-limit);
+    #: 0 = unlimited.
+    max_fetched_samples_per_query: int = 50_000_000
+    #: longest time range (end - start) of one query (Mimir's name); 0 = unlimited.
+    max_total_query_length: Duration = 0.0
+    #: largest accepted remote_read body as sent (snappy-compressed).
+    max_request_bytes: ByteSize = 1024 * 1024
+    #: largest remote_read body after snappy decompression (checked before decompressing).
+    max_decompressed_bytes: ByteSize = 4 * 1024 * 1024
+    #: chunk bytes per frame of a streamed remote_read response (Prometheus:
+    #: storage.remote.read-max-bytes-in-frame).
+    max_bytes_in_frame: ByteSize = 1024 * 1024
+    #: samples fetched per storage round trip while streaming; bounds a streamed read's memory.
+    stream_batch_samples: int = 500_000
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     write: WriteConfig = field(default_factory=WriteConfig)
+    read: ReadConfig = field(default_factory=ReadConfig)
 
     def validate(self) -> Config:
         """Check cross-field constraints; raise ConfigError naming the key."""
@@ -128,11 +149,18 @@ class Config:
             ("write.batch_max_age", self.write.batch_max_age),
             ("write.queue_timeout", self.write.queue_timeout),
             ("server.shutdown_timeout", self.server.shutdown_timeout),
+            ("read.max_request_bytes", self.read.max_request_bytes),
+            ("read.max_decompressed_bytes", self.read.max_decompressed_bytes),
+            ("read.max_bytes_in_frame", self.read.max_bytes_in_frame),
+            ("read.stream_batch_samples", self.read.stream_batch_samples),
         ]:
             _check(value > 0, key, value, "a positive number")
         for key, value in [
             ("storage.clickhouse.max_retries", self.storage.clickhouse.max_retries),
             ("write.future_grace", self.write.future_grace),
+            ("read.max_fetched_series_per_query", self.read.max_fetched_series_per_query),
+            ("read.max_fetched_samples_per_query", self.read.max_fetched_samples_per_query),
+            ("read.max_total_query_length", self.read.max_total_query_length),
         ]:
             _check(value >= 0, key, value, "zero or more")
         _check(self.write.max_pending_samples >= self.write.batch_max_samples,

@@ -1,0 +1,292 @@
+"""The selector layer shared by remote_read and PromQL: label matchers and a time range
+become SQL (constant templates, every label name and value a bound parameter), and the
+answer comes back as series with their deduplicated samples ordered by time.
+
+Two storage facts shape every query here:
+
+* ``samples`` is a ReplacingMergeTree: until merges run, one (series_id, timestamp) can
+  be stored more than once (a retried batch). Reads use ``FINAL``, which keeps the row
+  a merge would keep (the last inserted), so a read never depends on merge timing.
+* ``series`` may hold one series twice for the same reason: label lookups take one row
+  per series_id.
+
+Selection is one SQL round trip: the matchers select series ids from ``series`` (a
+subquery the primary-key index of ``samples`` uses), the samples of those ids in the
+range are aggregated into one sorted array pair per series, and joined back to the
+labels. Limits are enforced in the same query: it fetches at most limit + 1 series and
+samples, so an oversized query costs no more than the limit before it is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from gob_metrics.errors import BadRequest, GobError
+from gob_metrics.read.matchers import METRIC_NAME, Matcher, MatchType, check_selector
+from gob_metrics.storage import schema
+from gob_metrics.storage.base import Storage
+
+Labels = tuple[tuple[str, str], ...]
+_UNLIMITED = 2**63 - 1
+
+
+class LimitExceeded(GobError):
+    """A query would fetch more than a configured limit allows: 422, never retried.
+
+    Prometheus answers a limit error of its query API with 422 (errorType "execution");
+    Mimir does the same for max_fetched_series_per_query. remote_read uses the same status.
+    """
+
+    status = 422
+    error_type = "execution"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-query fetch limits; 0 means unlimited."""
+
+    #: Mimir: max_fetched_series_per_query.
+    max_series: int = 0
+    #: Prometheus: storage.remote.read-sample-limit.
+    max_samples: int = 0
+
+    def check_series(self, n: int) -> None:
+        if self.max_series and n > self.max_series:
+            raise LimitExceeded(
+                f"the query selects more than {self.max_series} series with samples in its "
+                f"time range (read.max_fetched_series_per_query={self.max_series}): narrow "
+                "the selector or the time range, or raise the limit")
+
+    def check_samples(self, n: int) -> None:
+        if self.max_samples and n > self.max_samples:
+            raise LimitExceeded(
+                f"the query fetches more than {self.max_samples} samples "
+                f"(read.max_fetched_samples_per_query={self.max_samples}): narrow the "
+                "selector or the time range, or raise the limit")
+
+    @property
+    def series_cap(self) -> int:
+        """Rows of series to fetch: one more than allowed shows the limit was passed."""
+        return self.max_series + 1 if self.max_series else _UNLIMITED
+
+    @property
+    def samples_cap(self) -> int:
+        return self.max_samples + 1 if self.max_samples else _UNLIMITED
+
+
+@dataclass(frozen=True)
+class Selector:
+    """A validated series selector with an inclusive millisecond time range."""
+
+    matchers: tuple[Matcher, ...]
+    start_ms: int
+    end_ms: int
+
+
+@dataclass
+class Series:
+    """One selected series: sorted labels (with ``__name__``) and its samples by time."""
+
+    labels: Labels
+    timestamps: np.ndarray  # int64 ms
+    values: np.ndarray  # float64, bit-exact
+
+
+@dataclass(frozen=True)
+class SeriesRef:
+    """A selected series before its samples are fetched (streamed reads)."""
+
+    series_id: int
+    labels: Labels
+    samples: int
+
+
+def new_selector(matchers: Sequence[Matcher], start_ms: int, end_ms: int) -> Selector:
+    """Validate a selector: non-empty-matching rule and an ordered time range (400)."""
+    check_selector(matchers)
+    if start_ms > end_ms:
+        raise BadRequest(f"start time {start_ms} ms is after end time {end_ms} ms")
+    return Selector(tuple(matchers), start_ms, end_ms)
+
+
+# ------------------------------------------------------------------------------- SQL
+
+
+def matcher_condition(m: Matcher, key: str, params: dict[str, object]) -> str:
+    """SQL for one matcher over a ``series`` row, adding its bound parameters.
+
+    ``__name__`` lives in metric_name; every other label in the labels Map, where a
+    missing key reads as "" (ClickHouse's default for Map element access). That is
+    exactly Prometheus' rule: a matcher that matches "" also selects series without the
+    label, and an absent label is never distinct from an empty one (empty values are
+    not stored)."""
+    if m.name == METRIC_NAME:
+        column = "metric_name"
+    else:
+        params[f"{key}n"] = m.name
+        column = f"labels[{{{key}n:String}}]"
+    params[f"{key}v"] = m.pattern
+    value = f"{{{key}v:String}}"
+    if m.type is MatchType.EQ:
+        return f"{column} = {value}"
+    if m.type is MatchType.NEQ:
+        return f"{column} != {value}"
+    if m.type is MatchType.RE:
+        return f"match({column}, {value})"
+    return f"NOT match({column}, {value})"
+
+
+def series_condition(matchers: Sequence[Matcher], params: dict[str, object],
+                     prefix: str = "m") -> str:
+    """AND of the matchers' conditions (parameters named ``<prefix><i>n``/``v``)."""
+    return " AND ".join(matcher_condition(m, f"{prefix}{i}", params)
+                        for i, m in enumerate(matchers))
+
+
+def _source(storage: Storage, selector: Selector, tenant: str) -> tuple[str, str, dict]:
+    """(series-id subquery, labels subquery, params) for a selector."""
+    db = storage.database
+    params: dict[str, object] = {"tenant": tenant, "start": selector.start_ms,
+                                 "end": selector.end_ms}
+    cond = series_condition(selector.matchers, params)
+    ids = (f"SELECT series_id FROM {db}.{schema.SERIES} "
+           f"WHERE tenant = {{tenant:String}} AND {cond}")
+    labels = (f"SELECT series_id, metric_name, labels FROM {db}.{schema.SERIES} "
+              f"WHERE tenant = {{tenant:String}} AND {cond} LIMIT 1 BY series_id")
+    return ids, labels, params
+
+
+def _in_range(db: str) -> str:
+    return (f"FROM {db}.{schema.SAMPLES} FINAL WHERE tenant = {{tenant:String}} "
+            f"AND timestamp >= {{start:Int64}} AND timestamp <= {{end:Int64}}")
+
+
+# Timestamps and values aggregated in the same row order, then both sorted by timestamp
+# (groupArray's order is not guaranteed once several threads aggregate).
+_ARRAYS = ("arraySort(groupArray(timestamp)) AS ts, "
+           "arraySort((v, t) -> t, groupArray(value), groupArray(timestamp)) AS vals")
+
+
+def select_sql(storage: Storage, selector: Selector, tenant: str,
+               limits: Limits) -> tuple[str, dict]:
+    """The one-round-trip selection query and its parameters."""
+    ids, labels, params = _source(storage, selector, tenant)
+    params["series_cap"] = limits.series_cap
+    params["samples_cap"] = limits.samples_cap
+    sql = (
+        "SELECT s.metric_name AS metric_name, s.labels AS labels, x.ts AS ts, x.vals AS vals "
+        f"FROM (SELECT series_id, {_ARRAYS} "
+        f"FROM (SELECT series_id, timestamp, value {_in_range(storage.database)} "
+        f"AND series_id IN ({ids}) LIMIT {{samples_cap:UInt64}}) "
+        "GROUP BY series_id LIMIT {series_cap:UInt64}) AS x "
+        f"INNER JOIN ({labels}) AS s ON s.series_id = x.series_id"
+    )
+    return sql, params
+
+
+def plan_sql(storage: Storage, selector: Selector, tenant: str,
+             limits: Limits) -> tuple[str, dict]:
+    """Series ids, labels and exact sample counts of a selection (one round trip)."""
+    ids, labels, params = _source(storage, selector, tenant)
+    params["series_cap"] = limits.series_cap
+    sql = (
+        "SELECT s.series_id AS series_id, s.metric_name AS metric_name, s.labels AS labels, "
+        "x.n AS n "
+        f"FROM (SELECT series_id, count() AS n {_in_range(storage.database)} "
+        f"AND series_id IN ({ids}) GROUP BY series_id LIMIT {{series_cap:UInt64}}) AS x "
+        f"INNER JOIN ({labels}) AS s ON s.series_id = x.series_id"
+    )
+    return sql, params
+
+
+# ------------------------------------------------------------------------------- rows
+
+
+def _labels(metric_name: str, labels: Sequence[tuple[str, str]]) -> Labels:
+    return tuple(sorted([(METRIC_NAME, metric_name), *labels]))
+
+
+def _split(column: pa.ChunkedArray, dtype: type) -> list[np.ndarray]:
+    """Split a list<...> column into one numpy array per row (views, no copy per row)."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if len(arr) == 0:
+        return []
+    offsets = arr.offsets.to_numpy()
+    flat = arr.values.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+    return [flat[offsets[i]:offsets[i + 1]] for i in range(len(arr))]
+
+
+def _series_id(raw: bytes) -> int:
+    return int.from_bytes(raw, "little")
+
+
+async def select(storage: Storage, tenant: str, selector: Selector,
+                 limits: Limits) -> list[Series]:
+    """Every series of ``tenant`` matching ``selector`` with samples in its range, sorted
+    by labels, each with its deduplicated samples ordered by time. One round trip."""
+    sql, params = select_sql(storage, selector, tenant, limits)
+    table = await storage.query(sql, params)
+    if table.num_rows == 0:
+        return []
+    limits.check_series(table.num_rows)
+    ts = _split(table.column("ts"), np.int64)
+    vals = _split(table.column("vals"), np.float64)
+    limits.check_samples(sum(len(t) for t in ts))
+    names = table.column("metric_name").to_pylist()
+    label_maps = table.column("labels").to_pylist()
+    out = [Series(_labels(n, lm), t, v)
+           for n, lm, t, v in zip(names, label_maps, ts, vals, strict=True)]
+    out.sort(key=lambda s: s.labels)
+    return out
+
+
+async def plan(storage: Storage, tenant: str, selector: Selector,
+               limits: Limits) -> list[SeriesRef]:
+    """The series a selection would return, sorted by labels, with their sample counts;
+    both limits are checked before any sample is fetched."""
+    sql, params = plan_sql(storage, selector, tenant, limits)
+    table = await storage.query(sql, params)
+    if table.num_rows == 0:
+        return []
+    limits.check_series(table.num_rows)
+    counts = table.column("n").to_pylist()
+    limits.check_samples(sum(counts))
+    refs = [SeriesRef(_series_id(sid), _labels(n, lm), int(c)) for sid, n, lm, c in zip(
+        table.column("series_id").to_pylist(), table.column("metric_name").to_pylist(),
+        table.column("labels").to_pylist(), counts, strict=True)]
+    refs.sort(key=lambda r: r.labels)
+    return refs
+
+
+async def fetch(storage: Storage, tenant: str, series_ids: Sequence[int], start_ms: int,
+                end_ms: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Deduplicated samples of the given series in [start, end], by series id."""
+    if not series_ids:
+        return {}
+    sql = (f"SELECT series_id, {_ARRAYS} {_in_range(storage.database)} "
+           "AND series_id IN {ids:Array(UInt128)} GROUP BY series_id")
+    table = await storage.query(sql, {"tenant": tenant, "start": start_ms, "end": end_ms,
+                                      "ids": list(series_ids)})
+    ids = [_series_id(b) for b in table.column("series_id").to_pylist()]
+    ts = _split(table.column("ts"), np.int64)
+    vals = _split(table.column("vals"), np.float64)
+    return dict(zip(ids, zip(ts, vals, strict=True), strict=True))
+
+
+async def fetch_page(storage: Storage, tenant: str, series_id: int, start_ms: int,
+                     end_ms: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``limit`` deduplicated samples of one series from ``start_ms`` on, by time:
+    keyset paging along the table's sort key (tenant, series_id, timestamp)."""
+    sql = (f"SELECT timestamp, value {_in_range(storage.database)} "
+           "AND series_id = {id:UInt128} ORDER BY timestamp LIMIT {limit:UInt64}")
+    table = await storage.query(sql, {"tenant": tenant, "start": start_ms, "end": end_ms,
+                                      "id": series_id, "limit": limit})
+    if table.num_rows == 0:
+        return np.empty(0, np.int64), np.empty(0, np.float64)
+    ts = table.column("timestamp").to_numpy().astype(np.int64, copy=False)
+    vals = table.column("value").to_numpy().astype(np.float64, copy=False)
+    return ts, vals
