@@ -268,15 +268,19 @@ async def buildinfo_handler(request: web.Request) -> web.Response:
     })
 
 
-_SECRET_URL = re.compile(r"(://[^:/@]+:)[^@/]*@")
+_SECRET_URL = re.compile(r"(://[^:/@]*:)[^@/]*@")
+
+
+def redact(text: str) -> str:
+    """Hide the password of a ``scheme://user:password@host`` URL."""
+    return _SECRET_URL.sub(r"\1<secret>@", text)
 
 
 async def flags_handler(request: web.Request) -> web.Response:
     """The effective configuration as flat ``key: value`` strings, passwords redacted."""
     flags = {}
     for key, _type, value in describe(request.app[CONFIG]):
-        text = "" if value is None else str(value)
-        flags[key] = _SECRET_URL.sub(r"\1<secret>@", text)
+        flags[key] = redact("" if value is None else str(value))
     return success(flags)
 
 
