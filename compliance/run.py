@@ -37,9 +37,20 @@ from compliance.remote_write import EncodedDataset, build_dataset, send_all
 DEFAULT_END = Decimal(1_705_286_400)  # 2024-01-15T02:40:00Z
 DEFAULT_RANGE_S = 600
 DEFAULT_STEP_S = 10
-# gob-metrics answers a remote_write only once its batch is durable; with one request in
-# flight a short batch age keeps loading fast.
-GOB_ARGS = ("--set", "write.batch_max_age=10ms")
+
+
+def gob_args() -> list[str]:
+    """Settings for the gob-metrics under test: loading-speed knobs, never query behaviour."""
+    from gob_metrics.config import Config
+
+    # gob-metrics answers a remote_write only once its batch is durable; with one request
+    # in flight a short batch age keeps loading fast.
+    args = ["--set", "write.batch_max_age=10ms"]
+    if hasattr(Config(), "limits"):
+        # The per-tenant ingestion rate (Mimir's default, 10k samples/s) would stretch the
+        # one-shot load of 1.8M samples to three minutes; 0 disables it.
+        args += ["--set", "limits.ingestion_rate=0"]
+    return args
 
 
 @dataclass
@@ -187,7 +198,7 @@ def run(cases: list[Case], opts: RunOptions) -> RunReport:
         need_gob = (opts.mode == "remote-read" and opts.read_from == "gob") or (
             opts.mode == "promql" and opts.test_url == "gob")
         if need_gob:
-            gob = services.gob_metrics(workdir / "gob-metrics", extra_args=GOB_ARGS)
+            gob = services.gob_metrics(workdir / "gob-metrics", extra_args=gob_args())
             to_start.append(gob)
             load_urls.append(gob.url + "/api/v1/write")
         if opts.mode == "remote-read":
