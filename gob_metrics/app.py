@@ -11,12 +11,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gob_metrics import errors
 from gob_metrics.config import Config
-from gob_metrics.keys import BATCHER, CONFIG, METRICS, SERIES_CACHE, STORAGE
+from gob_metrics.keys import BATCHER, CONFIG, METRICS, SERIES_CACHE, SERIES_REGISTRY, STORAGE
 from gob_metrics.metrics import Metrics
 from gob_metrics.read import add_routes as add_read_routes
 from gob_metrics.status import tsdb_status_handler
 from gob_metrics.storage import StorageError, create_storage
 from gob_metrics.storage.schema import migrate
+from gob_metrics.tenancy import tenancy_middleware
+from gob_metrics.tenants import setup as tenants_setup
 from gob_metrics.write.batcher import Batcher
 from gob_metrics.write.handler import write_handler
 from gob_metrics.write.series import SeriesCache
@@ -33,10 +35,7 @@ _TEXT_ERROR_PATHS = ("/api/v1/write", "/api/v1/push", "/-/")
 def _error_response(request: web.Request, exc: BaseException) -> web.Response:
     status = errors.http_status(exc)
     message = str(exc) if isinstance(exc, errors.GobError) else "internal server error"
-    headers = {}
-    retry = errors.retry_after(exc)
-    if retry is not None:
-        headers["Retry-After"] = str(max(1, round(retry)))
+    headers = errors.response_headers(exc)
     if request.path.startswith(_TEXT_ERROR_PATHS):
         return web.Response(status=status, text=message + "\n", headers=headers)
     error_type = exc.error_type if isinstance(exc, errors.GobError) else "internal"
@@ -87,7 +86,7 @@ async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _batcher_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
-    writer = Writer(app[STORAGE], app[SERIES_CACHE], app[METRICS])
+    writer = Writer(app[STORAGE], app[SERIES_REGISTRY], app[METRICS])
     batcher = Batcher(
         writer,
         max_samples=cfg.write.batch_max_samples,
@@ -120,12 +119,13 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 def build_app(config: Config) -> web.Application:
     """Create the application; storage opens and migrates when the app starts."""
-    app = web.Application(middlewares=[error_middleware],
+    app = web.Application(middlewares=[error_middleware, tenancy_middleware],
                           client_max_size=config.write.max_request_bytes)
     app[CONFIG] = config
     app[METRICS] = Metrics()
     app[SERIES_CACHE] = SeriesCache(config.write.series_cache_size)
     app.cleanup_ctx.append(_storage_ctx)
+    tenants_setup.install(app)  # auth, limits, Redis layer: after storage, before the batcher
     app.cleanup_ctx.append(_batcher_ctx)
     app.router.add_post("/api/v1/write", write_handler)
     app.router.add_post("/api/v1/push", write_handler)

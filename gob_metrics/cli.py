@@ -29,6 +29,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="ClickHouse cluster for ON CLUSTER DDL (storage.clickhouse.cluster)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                    help="server.log_level")
+    p.add_argument("--redis-url", metavar="URL",
+                   help="share caches, rate limits and overrides through Redis: "
+                        "redis://host:6379/0 (redis.url)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="set any configuration key, e.g. --set write.batch_max_age=100ms")
 
@@ -42,12 +45,36 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP server",
                            description="Run the HTTP server (remote_write, status, metrics).")
     serve.add_argument("--listen", metavar="HOST:PORT", help="server.listen")
+    serve.add_argument("--multitenancy", action="store_const", const="true", default=None,
+                       help="take the tenant from X-Scope-OrgID (tenancy.multitenancy_enabled)")
     _common(serve)
     mig = sub.add_parser("migrate", help="apply the numbered SQL migrations and exit")
     _common(mig)
     opt = sub.add_parser("optimize",
                          help="merge all parts now (OPTIMIZE FINAL), e.g. before measuring disk")
     _common(opt)
+    limits = sub.add_parser("limits", help="show or change per-tenant limits at runtime",
+                            description="Per-tenant limit overrides, kept in Redis (redis.url; "
+                            "every replica applies a change within a second) or else in "
+                            "tenancy.overrides_file (reloaded on change).")
+    lsub = limits.add_subparsers(dest="limits_command", required=True, metavar="ACTION")
+    lset = lsub.add_parser("set", help="set one limit of one tenant")
+    lset.add_argument("tenant")
+    lset.add_argument("key", help="limit name, e.g. ingestion_rate")
+    lset.add_argument("value", help="e.g. 50000, 10m, true")
+    _common(lset)
+    lunset = lsub.add_parser("unset", help="remove one (or every) override of one tenant")
+    lunset.add_argument("tenant")
+    lunset.add_argument("key", nargs="?", default="", help="limit name; omit for all")
+    _common(lunset)
+    lshow = lsub.add_parser("show", help="effective limits of a tenant, or defaults and "
+                            "every tenant's overrides")
+    lshow.add_argument("tenant", nargs="?")
+    _common(lshow)
+    hs = sub.add_parser("hash-secret", help="hash a bearer token or password for "
+                        "tenancy.credentials (reads it from stdin)")
+    hs.add_argument("--token", action="store_true",
+                    help="a random bearer token: sha256 (default: salted pbkdf2 for passwords)")
     return p
 
 
@@ -60,7 +87,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         out[key.strip()] = value
     flag_keys = {"data_dir": "server.data_dir", "clickhouse_url": "storage.clickhouse.url",
                  "cluster": "storage.clickhouse.cluster", "log_level": "server.log_level",
-                 "listen": "server.listen"}
+                 "listen": "server.listen", "redis_url": "redis.url",
+                 "multitenancy": "tenancy.multitenancy_enabled"}
     for attr, key in flag_keys.items():
         value = getattr(args, attr, None)
         if value is not None:
@@ -114,13 +142,42 @@ async def _with_storage(cfg: Config, action: str) -> None:
         await storage.close()
 
 
+def _limits(cfg: Config, args: argparse.Namespace) -> None:
+    from gob_metrics.tenants.overrides import set_override, show_overrides
+
+    if args.limits_command == "show":
+        print(show_overrides(cfg, args.tenant))
+        return
+    value = args.value if args.limits_command == "set" else None
+    where = set_override(cfg, args.tenant, args.key, value)
+    what = f"{args.key}={value}" if value is not None else (args.key or "every override")
+    verb = "set" if value is not None else "removed"
+    print(f"{verb} {what} for tenant {args.tenant} in {where}")
+
+
+def _hash_secret(args: argparse.Namespace) -> None:
+    from gob_metrics.tenants.auth import hash_secret
+
+    secret = sys.stdin.readline().rstrip("\r\n")
+    if not secret:
+        raise ConfigError("hash-secret: give the secret on stdin, e.g. "
+                          "printf %s \"$TOKEN\" | gob-metrics hash-secret --token")
+    print(hash_secret(secret, "sha256" if args.token else "pbkdf2_sha256"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        if args.command == "hash-secret":
+            _hash_secret(args)
+            return 0
         cfg = load_config(args.config, overrides=_overrides(args))
         setup_logging(cfg.server.log_level, cfg.server.log_format)
         if args.command == "serve":
             return _serve(cfg)
+        if args.command == "limits":
+            _limits(cfg, args)
+            return 0
         asyncio.run(_with_storage(cfg, args.command))
         return 0
     except ConfigError as exc:

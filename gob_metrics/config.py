@@ -78,8 +78,6 @@ class WriteConfig:
     max_request_bytes: ByteSize = 16 * 1024 * 1024
     #: largest accepted body after snappy decompression (checked before decompressing).
     max_decompressed_bytes: ByteSize = 64 * 1024 * 1024
-    #: samples further than this in the future are rejected (Mimir: creation_grace_period).
-    future_grace: Duration = 600.0
     #: a pending batch is inserted once it holds this many samples...
     batch_max_samples: int = 100_000
     #: ...or once its oldest request has waited this long.
@@ -90,8 +88,6 @@ class WriteConfig:
     queue_timeout: Duration = 5.0
     #: series remembered as registered per process (LRU); a miss costs one series-table row.
     series_cache_size: int = 1_000_000
-    #: tenant used when multi-tenancy is off.
-    default_tenant: str = "anonymous"
 
 
 @dataclass
@@ -115,11 +111,100 @@ class ReadConfig:
 
 
 @dataclass
+class Credential:
+    """One credential bound to a tenant: a bearer token, or a basic-auth user."""
+
+    #: the tenant every request with this credential acts for.
+    tenant: str = ""
+    #: ``sha256:<hex>`` of a bearer token (``gob-metrics hash-secret``).
+    bearer_token_hash: str = ""
+    #: basic-auth user name.
+    username: str = ""
+    #: ``pbkdf2_sha256$<iterations>$<salt>$<hash>`` or ``sha256:<hex>`` of the password.
+    password_hash: str = ""
+
+
+@dataclass
+class TenancyConfig:
+    #: take the tenant from X-Scope-OrgID (401 without it); off: every request is default_tenant.
+    multitenancy_enabled: bool = False
+    #: tenant of every request when multi-tenancy is off (Mimir: no_auth_tenant).
+    default_tenant: str = "anonymous"
+    #: bearer tokens and basic-auth users, each bound to a tenant; empty means no auth.
+    credentials: list[Credential] = field(default_factory=list)
+    #: YAML file of per-tenant limits (``overrides: {tenant: {limit: value}}``), reloaded on change.
+    overrides_file: str = ""
+    #: how often the overrides file is checked for changes.
+    overrides_reload_period: Duration = 1.0
+    #: how often per-tenant series counts are re-read from the series table (limits drift).
+    series_count_refresh: Duration = 60.0
+
+
+@dataclass
+class Limits:
+    """Per-tenant limits with Mimir's names (and, where Mimir has one, its default).
+
+    These are the defaults of every tenant; ``tenancy.overrides_file`` and runtime overrides
+    in Redis replace them per tenant. 0 disables a limit.
+    """
+
+    #: samples (and metadata) per second a tenant may send; over it, 429 (token bucket).
+    ingestion_rate: float = 10_000.0
+    #: token bucket size: the largest request, and how far a tenant may burst.
+    ingestion_burst_size: int = 200_000
+    #: series a tenant may have in the series table; new ones beyond it are discarded (400).
+    max_global_series_per_user: int = 150_000
+    #: series one metric name may have per tenant (Mimir's default: 0, unlimited).
+    max_global_series_per_metric: int = 0
+    #: labels (including __name__) one series may have.
+    max_label_names_per_series: int = 30
+    #: bytes in a label name.
+    max_label_name_length: int = 1024
+    #: bytes in a label value (and in the metric name).
+    max_label_value_length: int = 2048
+    #: bytes in a metadata entry's metric name, help or unit.
+    max_metadata_length: int = 1024
+    #: samples further than this in the future are discarded (400).
+    creation_grace_period: Duration = 600.0
+    #: discard samples older than reject_old_samples_max_age (400).
+    reject_old_samples: bool = False
+    #: how old a sample may be when reject_old_samples is on (Cortex's default: 2w).
+    reject_old_samples_max_age: Duration = 14 * 86400.0
+    #: series one query may fetch; over it the query fails (0: unlimited).
+    max_fetched_series_per_query: int = 0
+    #: samples one query may fetch (Mimir counts chunks; 0: unlimited).
+    max_fetched_chunks_per_query: int = 2_000_000
+    #: longest time range one query may cover (0: unlimited).
+    max_query_length: Duration = 0.0
+    #: sub-queries of one query run at once.
+    max_query_parallelism: int = 14
+
+
+@dataclass
+class RedisConfig:
+    #: redis://[:password@]host:6379/0 (or rediss://, unix://); empty means no Redis.
+    url: str = ""
+    #: prefix of every key and channel, so deployments can share one Redis.
+    key_prefix: str = "gob:"
+    #: socket timeout of one Redis call; past it the call falls back to local state.
+    timeout: Duration = 0.25
+    #: after a failure, Redis is skipped (local fallbacks) and probed again this often.
+    retry_interval: Duration = 1.0
+    #: time a cached label lookup (matchers -> series ids) lives, minus up to 20% jitter.
+    lookup_cache_ttl: Duration = 300.0
+    #: lookups matching more series than this are not cached.
+    lookup_cache_max_series: int = 100_000
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     write: WriteConfig = field(default_factory=WriteConfig)
     read: ReadConfig = field(default_factory=ReadConfig)
+    tenancy: TenancyConfig = field(default_factory=TenancyConfig)
+    limits: Limits = field(default_factory=Limits)
+    redis: RedisConfig = field(default_factory=RedisConfig)
 
     def validate(self) -> Config:
         """Check cross-field constraints; raise ConfigError naming the key."""
@@ -157,7 +242,12 @@ class Config:
             _check(value > 0, key, value, "a positive number")
         for key, value in [
             ("storage.clickhouse.max_retries", self.storage.clickhouse.max_retries),
-            ("write.future_grace", self.write.future_grace),
+            ("tenancy.overrides_reload_period", self.tenancy.overrides_reload_period),
+            ("tenancy.series_count_refresh", self.tenancy.series_count_refresh),
+            ("redis.timeout", self.redis.timeout),
+            ("redis.retry_interval", self.redis.retry_interval),
+            ("redis.lookup_cache_ttl", self.redis.lookup_cache_ttl),
+            ("redis.lookup_cache_max_series", self.redis.lookup_cache_max_series),
             ("read.max_fetched_series_per_query", self.read.max_fetched_series_per_query),
             ("read.max_fetched_samples_per_query", self.read.max_fetched_samples_per_query),
             ("read.max_total_query_length", self.read.max_total_query_length),
@@ -166,15 +256,35 @@ class Config:
         _check(self.write.max_pending_samples >= self.write.batch_max_samples,
                "write.max_pending_samples", self.write.max_pending_samples,
                f"at least write.batch_max_samples={self.write.batch_max_samples}")
-        _check(re.fullmatch(r"[A-Za-z0-9_\-.]{1,150}", self.write.default_tenant) is not None,
-               "write.default_tenant", self.write.default_tenant,
-               "1-150 characters of A-Z a-z 0-9 _ - .")
+        check_limits(self.limits, "limits")
+        _check_tenancy(self.tenancy)
+        _check(self.redis.url == ""
+               or self.redis.url.startswith(("redis://", "rediss://", "unix://")),
+               "redis.url", self.redis.url, "redis://host:6379/0, rediss://... or unix://...")
+        _check(re.fullmatch(r"[A-Za-z0-9_\-.:/]*", self.redis.key_prefix) is not None,
+               "redis.key_prefix", self.redis.key_prefix, "characters A-Z a-z 0-9 _ - . : /")
         return self
 
 
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:
     if not ok:
         raise ConfigError(f"invalid value {value!r} for {key}: expected {expected}")
+
+
+def check_limits(limits: Limits, prefix: str) -> None:
+    """Every limit is zero (disabled) or more; raise ConfigError naming ``prefix.key``."""
+    for f in dataclasses.fields(limits):
+        value = getattr(limits, f.name)
+        if not isinstance(value, bool):
+            _check(value >= 0, f"{prefix}.{f.name}", value, "zero (no limit) or more")
+
+
+def _check_tenancy(t: TenancyConfig) -> None:
+    from gob_metrics.tenants.auth import check_credentials, tenant_id_problem
+
+    problem = tenant_id_problem(t.default_tenant)
+    _check(problem is None, "tenancy.default_tenant", t.default_tenant, f"a tenant id ({problem})")
+    check_credentials(t.credentials, "tenancy.credentials")
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -221,6 +331,29 @@ def parse_bytes(text: str | int) -> int:
     if not m:
         raise ValueError(f"not a size: {text!r} (examples: 1048576, 64MiB, 10MB)")
     return int(float(m.group(1)) * _BYTES_UNITS[(m.group(2) or "").lower()])
+
+
+def _coerce_list(value: Any, hint: Any, key: str, source: str) -> list[Any]:
+    # A list of sections (tenancy.credentials); from an environment variable or a flag it
+    # is written as YAML: GOB_TENANCY__CREDENTIALS='[{tenant: a, username: u, ...}]'.
+    (item_type,) = typing.get_args(hint)
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"invalid value for {key} in {source}: not YAML: {exc}") from exc
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"{key} in {source} must be a list of mappings")
+    items = []
+    for i, entry in enumerate(value):
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{key}[{i}] in {source} must be a mapping of settings")
+        item = item_type()
+        _apply(item, entry, f"{key}[{i}].", source)
+        items.append(item)
+    return items
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -271,8 +404,16 @@ def _apply(obj: Any, values: Mapping[str, Any], prefix: str, source: str) -> Non
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{path} in {source} must be a mapping of settings")
             _apply(getattr(obj, key), value, f"{path}.", source)
+        elif typing.get_origin(hint) is list:
+            setattr(obj, key, _coerce_list(value, hint, path, source))
         else:
             setattr(obj, key, _coerce(value, hint, path))
+
+
+def apply_values(obj: Any, values: Mapping[str, Any], prefix: str, source: str) -> None:
+    """Set fields of the section ``obj`` from a mapping, coercing and naming bad keys as
+    ``prefix + key`` (used for per-tenant limit overrides)."""
+    _apply(obj, values, prefix, source)
 
 
 def set_value(cfg: Config, dotted: str, value: Any, source: str) -> None:
@@ -332,7 +473,12 @@ def describe(cfg: Config | None = None) -> list[tuple[str, str, Any]]:
             if dataclasses.is_dataclass(hint):
                 walk(getattr(obj, f.name), f"{prefix}{f.name}.")
                 continue
-            tname = hint.__name__ if isinstance(hint, type) else str(typing.get_args(hint)[1])
+            if typing.get_origin(hint) is list:
+                tname = "list"
+            elif isinstance(hint, type):
+                tname = hint.__name__
+            else:
+                tname = str(typing.get_args(hint)[1])
             rows.append((prefix + f.name, tname, getattr(obj, f.name)))
 
     walk(cfg, "")

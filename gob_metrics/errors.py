@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 class GobError(Exception):
     """Base of every error the server raises on purpose."""
@@ -17,6 +19,25 @@ class BadRequest(GobError):
 
     status = 400
     error_type = "bad_data"
+
+
+class Unauthorized(GobError):
+    """No credential, or not a valid one (or no tenant where one is required)."""
+
+    status = 401
+    error_type = "unauthorized"
+
+    def __init__(self, message: str, challenge: str = ""):
+        super().__init__(message)
+        #: WWW-Authenticate scheme to ask for ("Basic" or "Bearer"), if any.
+        self.challenge = challenge
+
+
+class Forbidden(GobError):
+    """A valid credential asked for something it may not do (another tenant's data)."""
+
+    status = 403
+    error_type = "forbidden"
 
 
 class PayloadTooLarge(BadRequest):
@@ -62,6 +83,18 @@ def http_status(exc: BaseException) -> int:
     if isinstance(exc, GobError):
         return exc.status
     return 500
+
+
+def response_headers(exc: BaseException) -> dict[str, str]:
+    """HTTP headers an error answer carries: Retry-After, WWW-Authenticate."""
+    headers: dict[str, str] = {}
+    retry = retry_after(exc)
+    if retry is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry)))
+    challenge = getattr(exc, "challenge", "")
+    if challenge:
+        headers["WWW-Authenticate"] = f'{challenge} realm="gob-metrics"'
+    return headers
 
 
 def retry_after(exc: BaseException) -> float | None:

@@ -39,6 +39,10 @@ class Metrics:
             "gob_discarded_samples_total",
             "Samples received but not stored, by tenant and reason.",
             ["tenant", "reason"], registry=r)
+        self.discarded_metadata = Counter(
+            "gob_discarded_metadata_total",
+            "Metadata entries received but not stored, by tenant and reason.",
+            ["tenant", "reason"], registry=r)
         self.batch_samples = Histogram(
             "gob_write_batch_samples",
             "Samples per inserted batch.", registry=r,

@@ -35,7 +35,7 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
     ("storage:\n  database: 'x; DROP'\n", {}, "storage.database"),
     ("storage:\n  clickhouse:\n    url: http://x\n", {}, "storage.clickhouse.url"),
     ("", {"GOB_WRITE__NOPE": "1"}, "unknown setting write.nope in environment variable"),
-    ("", {"GOB_WRITE__FUTURE_GRACE": "-1"}, "write.future_grace"),
+    ("", {"GOB_LIMITS__CREATION_GRACE_PERIOD": "-1"}, "limits.creation_grace_period"),
     ("write:\n  max_pending_samples: 10\n  batch_max_samples: 100\n", {},
      "write.max_pending_samples"),
 ], ids=["unknown-key", "not-mapping", "top-list", "bad-yaml", "bad-duration", "bad-bytes",

@@ -7,11 +7,22 @@ import time
 
 from aiohttp import web
 
-from gob_metrics.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from gob_metrics.keys import BATCHER, CONFIG, METRICS, SERIES_CACHE
+from gob_metrics.errors import BadRequest, PayloadTooLarge, TooManyRequests, UnsupportedMediaType
+from gob_metrics.keys import (
+    BATCHER,
+    CONFIG,
+    METRICS,
+    OVERRIDES,
+    RATE_LIMITER,
+    SERIES_CACHE,
+    SERIES_REGISTRY,
+)
+from gob_metrics.metrics import Metrics
 from gob_metrics.tenancy import request_tenant
 from gob_metrics.write.decode import decompress, parse_write_request
-from gob_metrics.write.prepare import prepare
+from gob_metrics.write.prepare import Prepared, WriteLimits, prepare
+
+REASON_RATE_LIMITED = "rate_limited"  # Mimir's discard reason for ingestion_rate
 
 _PROTOBUF_TYPES = {"application/x-protobuf", "application/octet-stream"}
 
@@ -63,19 +74,33 @@ async def write_handler(request: web.Request) -> web.StreamResponse:
     app = request.app
     cfg = app[CONFIG].write
     metrics = app[METRICS]
+    tenant = request_tenant(request)
     check_headers(request)
     body = await read_body(request, cfg.max_request_bytes)
     req = parse_write_request(decompress(body, cfg.max_decompressed_bytes))
-    tenant = request_tenant(request)
-    max_ts = int((time.time() + cfg.future_grace) * 1000)
-    part = prepare(req, tenant, app[SERIES_CACHE], max_ts)
+    limits = WriteLimits.of(app[OVERRIDES].for_tenant(tenant), tenant, time.time())
+    part = prepare(req, tenant, app[SERIES_CACHE], limits)
+    try:
+        # Mimir's order: validate, then rate-limit what is valid, then series limits.
+        await app[RATE_LIMITER].admit(tenant, part.samples + len(part.metadata))
+    except TooManyRequests:
+        part.discarded[REASON_RATE_LIMITED] += part.samples
+        _count(metrics, part)
+        raise
+    await app[SERIES_REGISTRY].admit(part)
     if part.samples or part.new_series or part.metadata:
         await app[BATCHER].submit(part)
     metrics.series_received.labels(tenant).inc(part.series_seen)
     metrics.samples_received.labels(tenant).inc(part.samples)
     metrics.metadata_received.inc(len(part.metadata))
-    for reason, count in part.discarded.items():
-        metrics.discarded.labels(tenant, reason).inc(count)
+    _count(metrics, part)
     if part.error_count:
         raise BadRequest(part.error_message())
     return web.Response(status=204)
+
+
+def _count(metrics: Metrics, part: Prepared) -> None:
+    for reason, count in part.discarded.items():
+        metrics.discarded.labels(part.tenant, reason).inc(count)
+    for reason, count in part.discarded_metadata.items():
+        metrics.discarded_metadata.labels(part.tenant, reason).inc(count)

@@ -1,5 +1,6 @@
 """Turn a decoded WriteRequest into columns ready to insert: resolve series ids, validate
-series, samples and metadata, and record what was discarded and why.
+series, samples and metadata against the tenant's limits, and record what was discarded
+and why.
 
 Invalid series are discarded individually; the valid rest of the request is still stored
 and the request is then answered 400 naming the first problems (Mimir's behaviour).
@@ -8,21 +9,71 @@ and the request is then answered 400 naming the first problems (Mimir's behaviou
 from __future__ import annotations
 
 import bisect
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from gob_metrics.config import Limits
 from gob_metrics.proto.gob import ingest_pb2
+from gob_metrics.tenants.limits import limit_message
 from gob_metrics.write.series import InvalidSeries, SeriesCache, canonicalize
 
-# Discard reasons: the `reason` label of gob_discarded_samples_total.
+# Discard reasons: the `reason` label of gob_discarded_samples_total (Mimir's where one
+# exists; greater_than_max_sample_age is Cortex's).
 REASON_FUTURE = "too_far_in_future"
+REASON_TOO_OLD = "greater_than_max_sample_age"
 REASON_HISTOGRAM = "native_histogram_unsupported"
+REASON_MAX_LABEL_NAMES = "max_label_names_per_series"
+REASON_LABEL_NAME_TOO_LONG = "label_name_too_long"
+REASON_LABEL_VALUE_TOO_LONG = "label_value_too_long"
+# ...and of gob_discarded_metadata_total.
+REASON_METADATA_NAME_TOO_LONG = "metric_name_too_long"
+REASON_HELP_TOO_LONG = "help_too_long"
+REASON_UNIT_TOO_LONG = "unit_too_long"
+REASON_METADATA_INVALID_UTF8 = "metadata_invalid_utf8"
 
 _METRIC_TYPES = {0: "unknown", 1: "counter", 2: "gauge", 3: "histogram",
                  4: "gaugehistogram", 5: "summary", 6: "info", 7: "stateset"}
 _MAX_REPORTED_ERRORS = 5
+_UNLIMITED = sys.maxsize
+
+# What the series cache remembers of a registered series: its id and the shape the
+# per-tenant label limits are checked against on every request (label count, longest name,
+# longest value, in bytes), so a cached series never needs its labels decoded again.
+CacheEntry = tuple[bytes, int, int, int]
+
+
+@dataclass(frozen=True)
+class WriteLimits:
+    """One tenant's write-path limits at one instant, read once per request."""
+
+    tenant: str
+    max_label_names_per_series: int
+    max_label_name_length: int
+    max_label_value_length: int
+    max_metadata_length: int
+    creation_grace_period: float
+    reject_old_samples_max_age: float | None
+    max_timestamp_ms: int
+    min_timestamp_ms: int | None
+
+    @classmethod
+    def of(cls, limits: Limits, tenant: str, now: float) -> WriteLimits:
+        """Snapshot ``limits`` of ``tenant`` at ``now`` (unix seconds)."""
+        old = limits.reject_old_samples_max_age if limits.reject_old_samples else None
+        return cls(
+            tenant=tenant,
+            max_label_names_per_series=limits.max_label_names_per_series,
+            max_label_name_length=limits.max_label_name_length,
+            max_label_value_length=limits.max_label_value_length,
+            max_metadata_length=limits.max_metadata_length,
+            creation_grace_period=limits.creation_grace_period,
+            reject_old_samples_max_age=old,
+            max_timestamp_ms=int((now + limits.creation_grace_period) * 1000),
+            min_timestamp_ms=int((now - old) * 1000) if old else None,
+        )
 
 
 @dataclass
@@ -31,6 +82,8 @@ class NewSeries:
     series_id: bytes
     metric_name: str
     labels: dict[str, str]
+    entry: CacheEntry = (b"", 0, 0, 0)
+    index: int = -1  # position in the request, for error messages
 
 
 @dataclass
@@ -44,19 +97,29 @@ class Prepared:
     new_series: list[NewSeries] = field(default_factory=list)
     metadata: list[tuple[str, str, str, str]] = field(default_factory=list)
     discarded: Counter[str] = field(default_factory=Counter)
+    discarded_metadata: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
     error_count: int = 0
     series_seen: int = 0
+    offsets: list[int] = field(default_factory=list)  # first sample of each stored series...
+    indexes: list[int] = field(default_factory=list)  # ...and its index in the request
 
     @property
     def samples(self) -> int:
         return len(self.timestamps)
 
-    def reject(self, message: str, reason: str, samples: int) -> None:
-        self.discarded[reason] += samples
+    def _error(self, message: str) -> None:
         self.error_count += 1
         if len(self.errors) < _MAX_REPORTED_ERRORS:
             self.errors.append(message)
+
+    def reject(self, message: str, reason: str, samples: int) -> None:
+        self.discarded[reason] += samples
+        self._error(message)
+
+    def reject_metadata(self, message: str, reason: str) -> None:
+        self.discarded_metadata[reason] += 1
+        self._error(message)
 
     def error_message(self) -> str:
         more = self.error_count - len(self.errors)
@@ -64,24 +127,103 @@ class Prepared:
         if more > 0:
             text += f"; and {more} more"
         total = sum(self.discarded.values())
-        return (f"{total} samples discarded, the rest of the request was stored: {text}")
+        meta = sum(self.discarded_metadata.values())
+        what = f"{total} samples" + (f" and {meta} metadata" if meta else "")
+        return f"{what} discarded, the rest of the request was stored: {text}"
+
+    def keep(self, keep: np.ndarray) -> None:
+        """Keep only the samples where ``keep`` is true (and their series' spans)."""
+        ids = np.frombuffer(self.series_ids, dtype=np.dtype((np.void, 16)))[keep]
+        self.timestamps = self.timestamps[keep]
+        self.values = self.values[keep]
+        self.series_ids = ids.tobytes()
+        kept_before = np.concatenate(([0], np.cumsum(keep)))
+        self.offsets = kept_before[self.offsets].tolist()
+        if self.new_series:
+            remaining = set(ids.tolist()) if len(ids) else set()
+            self.new_series = [s for s in self.new_series if s.series_id in remaining]
+
+    def drop_series(self, bad: dict[bytes, tuple[str, str]]) -> None:
+        """Discard every sample of the series ids in ``bad`` (id -> (reason, message))."""
+        keep = np.ones(self.samples, dtype=bool)
+        ends = [*self.offsets[1:], self.samples]
+        reported: set[bytes] = set()
+        for start, end in zip(self.offsets, ends, strict=True):
+            if start == end:
+                continue
+            sid = self.series_ids[start * 16:start * 16 + 16]
+            verdict = bad.get(sid)
+            if verdict is None:
+                continue
+            keep[start:end] = False
+            reason, message = verdict
+            if sid in reported:
+                self.discarded[reason] += end - start
+            else:
+                reported.add(sid)
+                self.reject(message, reason, end - start)
+        if not keep.all():
+            self.keep(keep)
+
+
+def _byte_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def series_shape(metric_name: str, labels: dict[str, str]) -> tuple[int, int, int]:
+    """(labels including __name__, longest name, longest value) in bytes, as Mimir counts."""
+    longest_name = max([8, *map(_byte_len, labels)])  # 8: len("__name__")
+    longest_value = max([_byte_len(metric_name), *map(_byte_len, labels.values())])
+    return len(labels) + 1, longest_name, longest_value
+
+
+def describe_series(metric_name: str, labels: dict[str, str], limit: int = 160) -> str:
+    text = metric_name + "{" + ", ".join(f"{k}={v!r}" for k, v in labels.items()) + "}"
+    return text if len(text) <= limit else text[:limit] + "...}"
+
+
+def _shape_problem(index: int, raw: tuple[bytes, ...], entry: CacheEntry,
+                   lim: WriteLimits) -> tuple[str, str]:
+    """The reason and message for a series over a label limit (decodes its labels again:
+    rare, and it names the offending label)."""
+    _, name, labels = canonicalize(raw)
+    what = f"series {index} ({describe_series(name, labels)})"
+    pairs = [("__name__", name), *labels.items()]
+    max_names = lim.max_label_names_per_series
+    if max_names and entry[1] > max_names:
+        return REASON_MAX_LABEL_NAMES, (
+            f"{what}: {entry[1]} labels exceed "
+            f"{limit_message('max_label_names_per_series', max_names, lim.tenant)}")
+    if lim.max_label_name_length and entry[2] > lim.max_label_name_length:
+        label = next(k for k, _ in pairs if _byte_len(k) == entry[2])
+        return REASON_LABEL_NAME_TOO_LONG, (
+            f"{what}: label name {label[:40]!r}... of {entry[2]} bytes exceeds "
+            f"{limit_message('max_label_name_length', lim.max_label_name_length, lim.tenant)}")
+    label = next(k for k, v in pairs if _byte_len(v) == entry[3])
+    return REASON_LABEL_VALUE_TOO_LONG, (
+        f"{what}: value of label {label!r} of {entry[3]} bytes exceeds "
+        f"{limit_message('max_label_value_length', lim.max_label_value_length, lim.tenant)}")
 
 
 def prepare(
     req: ingest_pb2.RawWriteRequest,
     tenant: str,
     cache: SeriesCache,
-    max_timestamp_ms: int,
+    limits: WriteLimits,
 ) -> Prepared:
-    """Resolve and validate every series of ``req`` for ``tenant``."""
+    """Resolve and validate every series of ``req`` for ``tenant`` under ``limits``."""
     out = Prepared(tenant=tenant)
     ids: list[bytes] = []
     ts: list[int] = []
     vals: list[float] = []
-    local: dict[tuple[bytes, ...], bytes] = {}
-    offsets: list[int] = []  # first sample position of each stored series...
-    indexes: list[int] = []  # ...and its index in the request, for error messages
+    local: dict[tuple[bytes, ...], CacheEntry] = {}
+    offsets = out.offsets
+    indexes = out.indexes
     new: list[NewSeries] = out.new_series
+    cache_get = cache.get
+    max_names = limits.max_label_names_per_series or _UNLIMITED
+    max_name_len = limits.max_label_name_length or _UNLIMITED
+    max_value_len = limits.max_label_value_length or _UNLIMITED
     for index, series in enumerate(req.timeseries):
         out.series_seen += 1
         samples = series.samples
@@ -91,62 +233,89 @@ def prepare(
         if not samples:
             continue
         raw = tuple(series.labels)
-        sid = local.get(raw)
-        if sid is None:
+        entry = local.get(raw)
+        if entry is None:
             key = (tenant, raw)
-            sid = cache.get(key)
-            if sid is None:
+            entry = cache_get(key)
+            fresh = None
+            if entry is None:
                 try:
                     sid, name, labels = canonicalize(raw)
                 except InvalidSeries as exc:
                     out.reject(f"series {index}: {exc}", exc.reason, len(samples))
                     continue
-                new.append(NewSeries(key, sid, name, labels))
-            local[raw] = sid
+                entry = (sid, *series_shape(name, labels))
+                fresh = NewSeries(key, sid, name, labels, entry, index)
+            if entry[1] > max_names or entry[2] > max_name_len or entry[3] > max_value_len:
+                reason, message = _shape_problem(index, raw, entry, limits)
+                out.reject(message, reason, len(samples))
+                continue
+            if fresh is not None:
+                new.append(fresh)
+            local[raw] = entry
         n = len(samples)
         offsets.append(len(ts))
         indexes.append(index)
         for s in samples:
             ts.append(s.timestamp)
             vals.append(s.value)
-        ids.append(sid * n)
+        ids.append(entry[0] * n)
     out.timestamps = np.array(ts, dtype=np.int64)
     out.values = np.array(vals, dtype=np.float64)
     out.series_ids = b"".join(ids)
-    if len(out.timestamps) and int(out.timestamps.max()) > max_timestamp_ms:
-        _drop_future(out, max_timestamp_ms, offsets, indexes)
+    if len(out.timestamps):
+        if int(out.timestamps.max()) > limits.max_timestamp_ms:
+            _drop_out_of_bounds(out, out.timestamps > limits.max_timestamp_ms, limits, True)
+        if (limits.min_timestamp_ms is not None and len(out.timestamps)
+                and int(out.timestamps.min()) < limits.min_timestamp_ms):
+            _drop_out_of_bounds(out, out.timestamps < limits.min_timestamp_ms, limits, False)
     for md in req.metadata:
-        try:
-            name = md.metric_family_name.decode("utf-8")
-            row = (name, _METRIC_TYPES.get(md.type, "unknown"),
-                   md.help.decode("utf-8"), md.unit.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            out.error_count += 1
-            if len(out.errors) < _MAX_REPORTED_ERRORS:
-                out.errors.append(f"metadata for {md.metric_family_name!r} is not valid UTF-8 "
-                                  f"({exc.reason} at byte {exc.start})")
-            continue
-        if name:
-            out.metadata.append(row)
+        _add_metadata(out, md, limits)
     return out
 
 
-def _drop_future(out: Prepared, max_timestamp_ms: int, offsets: list[int],
-                 indexes: list[int]) -> None:
-    bad = out.timestamps > max_timestamp_ms
+def _add_metadata(out: Prepared, md: ingest_pb2.RawMetricMetadata, lim: WriteLimits) -> None:
+    try:
+        name = md.metric_family_name.decode("utf-8")
+        row = (name, _METRIC_TYPES.get(md.type, "unknown"),
+               md.help.decode("utf-8"), md.unit.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        out.reject_metadata(f"metadata for {md.metric_family_name!r} is not valid UTF-8 "
+                            f"({exc.reason} at byte {exc.start})", REASON_METADATA_INVALID_UTF8)
+        return
+    if not name:
+        return
+    limit = lim.max_metadata_length
+    if limit:
+        for field_name, value, reason in (("metric name", md.metric_family_name,
+                                           REASON_METADATA_NAME_TOO_LONG),
+                                          ("help", md.help, REASON_HELP_TOO_LONG),
+                                          ("unit", md.unit, REASON_UNIT_TOO_LONG)):
+            if len(value) > limit:
+                out.reject_metadata(
+                    f"metadata for {name[:80]!r}: {field_name} of {len(value)} bytes exceeds "
+                    f"{limit_message('max_metadata_length', limit, lim.tenant)}", reason)
+                return
+    out.metadata.append(row)
+
+
+def _drop_out_of_bounds(out: Prepared, bad: np.ndarray, lim: WriteLimits, future: bool) -> None:
     first = int(np.argmax(bad))
     count = int(bad.sum())
-    series_index = indexes[bisect.bisect_right(offsets, first) - 1]
-    out.reject(
-        f"series {series_index}: sample timestamp {int(out.timestamps[first])} ms is too far "
-        f"in the future (after now + write.future_grace = {max_timestamp_ms} ms); "
-        f"{count} such samples in this request",
-        REASON_FUTURE, count)
-    keep = ~bad
-    ids = np.frombuffer(out.series_ids, dtype=np.dtype((np.void, 16)))[keep]
-    out.timestamps = out.timestamps[keep]
-    out.values = out.values[keep]
-    out.series_ids = ids.tobytes()
-    if out.new_series:
-        remaining = set(ids.tolist()) if len(ids) else set()
-        out.new_series = [s for s in out.new_series if s.series_id in remaining]
+    series_index = out.indexes[bisect.bisect_right(out.offsets, first) - 1]
+    stamp = int(out.timestamps[first])
+    if future:
+        setting = limit_message("creation_grace_period", lim.creation_grace_period, lim.tenant)
+        out.reject(
+            f"series {series_index}: sample timestamp {stamp} ms is too far in the future "
+            f"(after now + {setting}: {lim.max_timestamp_ms} ms); "
+            f"{count} such samples in this request", REASON_FUTURE, count)
+    else:
+        setting = limit_message("reject_old_samples_max_age", lim.reject_old_samples_max_age,
+                                lim.tenant)
+        out.reject(
+            f"series {series_index}: sample timestamp {stamp} ms is too old (before now - "
+            f"{setting}: {lim.min_timestamp_ms} ms; reject_old_samples is on); "
+            f"{count} such samples in this request", REASON_TOO_OLD, count)
+    out.keep(~bad)
+

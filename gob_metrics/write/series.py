@@ -12,6 +12,7 @@ import hashlib
 import re
 import struct
 from collections.abc import Sequence
+from typing import Any
 
 from gob_metrics.proto.gob import ingest_pb2
 
@@ -96,8 +97,12 @@ def _show(name: bytes) -> str:
     return repr(name.decode("utf-8", errors="backslashreplace"))
 
 
+CacheKey = tuple[str, tuple[bytes, ...]]  # (tenant, raw label bytes as sent)
+
+
 class SeriesCache:
-    """Remembers which series are registered, keyed by their raw label bytes.
+    """Remembers which series are registered, keyed by tenant and raw label bytes; the value
+    is what the write path needs of it (its id, and the shape its label limits check).
 
     Bounded: past ``capacity`` entries the oldest half is dropped (insertion order), which
     costs one re-registration per evicted series that comes back. Only series whose
@@ -106,15 +111,20 @@ class SeriesCache:
 
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self._ids: dict[tuple[str, tuple[bytes, ...]], bytes] = {}
+        self._ids: dict[CacheKey, Any] = {}
 
     def __len__(self) -> int:
         return len(self._ids)
 
-    def get(self, key: tuple[str, tuple[bytes, ...]]) -> bytes | None:
+    def get(self, key: CacheKey) -> Any:
         return self._ids.get(key)
 
-    def add_many(self, items: Sequence[tuple[tuple[str, tuple[bytes, ...]], bytes]]) -> None:
+    def forget_tenant(self, tenant: str) -> None:
+        """Drop every entry of ``tenant`` (its series were deleted)."""
+        for key in [k for k in self._ids if k[0] == tenant]:
+            del self._ids[key]
+
+    def add_many(self, items: Sequence[tuple[CacheKey, Any]]) -> None:
         ids = self._ids
         for key, sid in items:
             ids[key] = sid

@@ -1,9 +1,11 @@
 """Insert a sealed batch: new series first, then metadata, then samples; only when all
-three are durable is the series cache told about the new series."""
+three are durable is the series registry told about the new series."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -12,7 +14,7 @@ from gob_metrics.metrics import Metrics
 from gob_metrics.storage import schema
 from gob_metrics.storage.base import Storage
 from gob_metrics.write.batcher import Batch
-from gob_metrics.write.series import SeriesCache
+from gob_metrics.write.prepare import NewSeries
 
 _LABELS_TYPE = pa.map_(pa.string(), pa.string())
 _ID_TYPE = pa.binary(16)
@@ -75,12 +77,18 @@ def metadata_table(batch: Batch, now_ms: int) -> pa.Table | None:
     })
 
 
+class SeriesSink(Protocol):
+    """Learns of series whose rows are durable (tenants.series_limits.SeriesRegistry)."""
+
+    def registered(self, series: Sequence[NewSeries]) -> None: ...
+
+
 class Writer:
     """The batcher's flush function: writes a batch and then updates the cache."""
 
-    def __init__(self, storage: Storage, cache: SeriesCache, metrics: Metrics) -> None:
+    def __init__(self, storage: Storage, registry: SeriesSink, metrics: Metrics) -> None:
         self.storage = storage
-        self.cache = cache
+        self.registry = registry
         self.metrics = metrics
 
     async def _insert(self, table: str, data: pa.Table) -> None:
@@ -101,7 +109,7 @@ class Writer:
         if samples.num_rows:
             await self._insert(schema.SAMPLES, samples)
         self.metrics.batch_samples.observe(samples.num_rows)
-        new = [(s.key, s.series_id) for p in batch.parts for s in p.new_series]
+        new = [s for p in batch.parts for s in p.new_series]
         if new:
-            self.cache.add_many(new)
+            self.registry.registered(new)
             self.metrics.series_created.inc(series.num_rows if series is not None else 0)
