@@ -36,6 +36,7 @@ SERIES: dict[str, dict[str, str]] = {
     "newline": {"__name__": "text", "note": "a\nb"},
     "yen": {"__name__": "text", "note": "¥"},
     "dots": {"__name__": "text", "note": "a.b"},
+    "backslash": {"__name__": "text", "note": "a\\b"},
 }
 NAMES = list(SERIES)
 
@@ -141,10 +142,23 @@ MATCHER_CASES: list[tuple[str, list[tuple[int, str, str]], tuple[int, int] | Non
     ("nre-not-matching-empty-selects-absent", [(EQ, "__name__", "up"), (NRE, "env", "prod")],
      None, ["api_a", "api_b", "ab"]),
     ("unknown-label-eq-empty", [(EQ, "job", "db"), (EQ, "nonexistent", "")], None, ["db_a"]),
-    ("dot-does-not-match-newline", [(RE, "note", "a.b")], None, ["dots"]),
-    ("dotall-flag-matches-newline", [(RE, "note", "(?s)a.b")], None, ["newline", "dots"]),
+    ("dot-does-not-match-newline", [(RE, "note", "a.b")], None, ["dots", "backslash"]),
+    ("dotall-flag-matches-newline", [(RE, "note", "(?s)a.b")], None,
+     ["newline", "dots", "backslash"]),
+    ("eq-newline-value", [(EQ, "note", "a\nb")], None, ["newline"]),
+    ("eq-backslash-value", [(EQ, "note", "a\\b")], None, ["backslash"]),
+    ("neq-backslash-value", [(EQ, "__name__", "text"), (NEQ, "note", "a\\b")], None,
+     ["newline", "yen", "dots"]),
+    ("re-escaped-backslash", [(RE, "note", "a\\\\b")], None, ["backslash"]),
+    ("re-newline-escape", [(RE, "note", "a\\nb")], None, ["newline"]),
+    ("re-tab-and-quote-escapes", [(RE, "note", "[\\t'\\\\]|a.b")], None,
+     ["dots", "backslash"]),
     ("dot-matches-one-utf8-char", [(RE, "note", ".")], None, ["yen"]),
     ("escaped-dot", [(RE, "note", "a\\.b")], None, ["dots"]),
+    # Prometheus concatenates "^(?:" + re + ")$": this regex escapes its group the same way.
+    ("re-group-breakout-like-prometheus", [(RE, "job", "a)|(b")], None,
+     ["api_a", "api_b", "db_a", "ab", "cpu"]),
+    ("re-quoted-literal", [(RE, "note", "\\Qa.b\\E")], None, ["dots"]),
     ("case-insensitive-flag", [(RE, "job", "(?i)API")], None, ["api_a", "api_b", "cpu"]),
     ("perl-class", [(RE, "instance", "\\w")], None, ["api_a", "api_b", "db_a"]),
     ("no-match", [(EQ, "__name__", "nope")], None, []),
@@ -305,6 +319,19 @@ async def test_bad_requests(gob_client: Any, data: bytes, headers: dict[str, str
     assert resp.status == status, answer
     assert answer["status"] == "error" and answer["errorType"] == "bad_data"
     assert message in answer["error"]
+
+
+@pytest.mark.parametrize("text", ["a\\b", "a\\\\b", "a\nb\tc\r", "\\N", "it's", "\\",
+                                  "x\\", "¥\x00"], ids=repr)
+async def test_bound_strings_arrive_verbatim(gob_client: Any, text: str) -> None:
+    """Label values and regexes are bound parameters: storage must pass them unchanged."""
+    from gob_metrics.keys import STORAGE
+
+    storage = gob_client.server.app[STORAGE]
+    table = await storage.query("SELECT {s:String} AS s, {a:Array(String)} AS a",
+                                {"s": text, "a": [text, "x"]})
+    assert table.column("s").to_pylist() == [text]
+    assert table.column("a").to_pylist() == [[text, "x"]]
 
 
 async def test_no_headers_accepted(gob_client: Any) -> None:

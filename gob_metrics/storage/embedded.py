@@ -31,14 +31,19 @@ _CODE_RE = re.compile(r"Code: (\d+)\.")
 _LOCK_FILE = "gob-metrics.lock"
 
 
+# ClickHouse parses a bound scalar in its Escaped text format: backslash sequences are
+# interpreted ("a\\b" would arrive as a, backspace) and a raw newline or tab ends the value.
+_ESCAPED = str.maketrans({"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"})
+
+
 def format_param(value: Any) -> str:
     """Render a parameter in ClickHouse's text format, as the server parses bound values.
 
-    Top-level strings are passed raw (the server reads them verbatim); inside arrays each
-    element is quoted and escaped.
+    Top-level strings are escaped (Escaped format) so they arrive verbatim; inside arrays
+    each element is quoted and escaped (the array is read as a quoted literal).
     """
     if isinstance(value, str):
-        return value
+        return value.translate(_ESCAPED)
     return _format_nested(value)
 
 
