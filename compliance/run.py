@@ -181,75 +181,85 @@ def _start_all(svcs: list[services.Service]) -> None:
         raise errors[0]
 
 
+@dataclass
+class Plan:
+    """What a mode starts, where the data go, and which two APIs are compared."""
+
+    reference: services.Service
+    programs: list[services.Service]
+    load_urls: list[str]
+    test_url: str
+    description: str
+
+
+def plan(opts: RunOptions, workdir: Path) -> Plan:
+    """Lay out the programs of ``opts.mode`` under ``workdir`` (nothing started yet)."""
+    if opts.mode not in ("remote-read", "promql"):
+        raise ValueError(f"unknown mode {opts.mode!r}: remote-read or promql")
+    ref = services.prometheus(workdir / "reference", "prometheus-reference", receiver=True)
+    p = Plan(ref, [ref], [ref.url + "/api/v1/write"], "", "")
+    gob = None
+    if (opts.read_from if opts.mode == "remote-read" else opts.test_url) == "gob":
+        gob = services.gob_metrics(workdir / "gob-metrics", extra_args=gob_args())
+        p.programs.append(gob)
+        p.load_urls.append(gob.url + "/api/v1/write")
+
+    if opts.mode == "remote-read":
+        base = {"gob": gob.url if gob else "", "reference": ref.url}.get(opts.read_from,
+                                                                          opts.read_from)
+        read_url = base.rstrip("/")
+        if not read_url.endswith("/api/v1/read"):
+            read_url += "/api/v1/read"
+        sut = services.prometheus(workdir / "sut", "prometheus-remote-read", remote_read=[
+            {"url": read_url, "name": "sut", "read_recent": True}])
+        p.programs.append(sut)
+        p.test_url = sut.url
+        p.description = f"remote-read: empty Prometheus 2.42 reading {read_url}"
+    elif gob is not None:
+        p.test_url = gob.url
+        p.description = f"promql: gob-metrics query API at {gob.url}"
+    elif opts.test_url == "prometheus":
+        other = services.prometheus(workdir / "sut", "prometheus-sut", receiver=True)
+        p.programs.append(other)
+        p.load_urls.append(other.url + "/api/v1/write")
+        p.test_url = other.url
+        p.description = "promql: a second Prometheus 2.42 fed by remote_write (self-check)"
+    else:
+        p.test_url = opts.test_url
+        write_url = opts.test_write_url or opts.test_url.rstrip("/") + "/api/v1/write"
+        if write_url != "none":
+            p.load_urls.append(write_url)
+        p.description = f"promql: query API at {opts.test_url}"
+    return p
+
+
 def run(cases: list[Case], opts: RunOptions) -> RunReport:
     """Start what the mode needs under a temporary directory, load, compare, stop."""
     t0 = time.monotonic()
+    workdir = opts.workdir or Path(tempfile.mkdtemp(prefix="gob-compliance-"))
+    p = plan(opts, workdir)
     print("generating the data set ...", flush=True)
     dataset = build_dataset()
     print(f"  {len(dataset.requests)} requests, {dataset.series} series, {dataset.samples} "
           f"samples, sha256 {dataset.sha256}", flush=True)
-    workdir = opts.workdir or Path(tempfile.mkdtemp(prefix="gob-compliance-"))
-    started: list[services.Service] = []
     try:
-        ref = services.prometheus(workdir / "reference", "prometheus-reference", receiver=True)
-        to_start = [ref]
-        load_urls = [ref.url + "/api/v1/write"]
-        gob = None
-        need_gob = (opts.mode == "remote-read" and opts.read_from == "gob") or (
-            opts.mode == "promql" and opts.test_url == "gob")
-        if need_gob:
-            gob = services.gob_metrics(workdir / "gob-metrics", extra_args=gob_args())
-            to_start.append(gob)
-            load_urls.append(gob.url + "/api/v1/write")
-        if opts.mode == "remote-read":
-            read_url = {"gob": gob.url if gob else "",
-                        "reference": ref.url}.get(opts.read_from, opts.read_from)
-            read_url = read_url.rstrip("/")
-            if not read_url.endswith("/api/v1/read"):
-                read_url += "/api/v1/read"
-            sut = services.prometheus(workdir / "sut", "prometheus-remote-read", remote_read=[
-                {"url": read_url, "name": "sut", "read_recent": True}])
-            to_start.append(sut)
-            test_url = sut.url
-            description = f"remote-read: empty Prometheus 2.42 reading {read_url}"
-        elif opts.mode == "promql":
-            if opts.test_url == "gob":
-                assert gob is not None
-                test_url = gob.url
-                description = f"promql: gob-metrics query API at {test_url}"
-            elif opts.test_url == "prometheus":
-                other = services.prometheus(workdir / "sut", "prometheus-sut", receiver=True)
-                to_start.append(other)
-                load_urls.append(other.url + "/api/v1/write")
-                test_url = other.url
-                description = "promql: a second Prometheus 2.42 fed by remote_write (self-check)"
-            else:
-                test_url = opts.test_url
-                write_url = opts.test_write_url or test_url.rstrip("/") + "/api/v1/write"
-                if write_url != "none":
-                    load_urls.append(write_url)
-                description = f"promql: query API at {test_url}"
-        else:
-            raise ValueError(f"unknown mode {opts.mode!r}: remote-read or promql")
-
-        print(f"starting {', '.join(s.name for s in to_start)} in {workdir} ...", flush=True)
-        started.extend(to_start)
-        _start_all(to_start)
-        print(f"loading into {', '.join(load_urls)} ...", flush=True)
-        load_s = asyncio.run(_load(dataset, load_urls))
-        asyncio.run(check_reference(ref.url, dataset))
+        print(f"starting {', '.join(s.name for s in p.programs)} in {workdir} ...", flush=True)
+        _start_all(p.programs)
+        print(f"loading into {', '.join(p.load_urls)} ...", flush=True)
+        load_s = asyncio.run(_load(dataset, p.load_urls))
+        asyncio.run(check_reference(p.reference.url, dataset))
         print(f"  loaded in {load_s:.1f}s", flush=True)
-        print(f"running {len(cases)} queries ({description}; parallelism {opts.parallelism}, "
-              f"timeout {opts.timeout_s}s) ...", flush=True)
-        outcomes = asyncio.run(run_cases(cases, ref.url, test_url, opts,
+        print(f"running {len(cases)} queries ({p.description}; parallelism "
+              f"{opts.parallelism}, timeout {opts.timeout_s}s) ...", flush=True)
+        outcomes = asyncio.run(run_cases(cases, p.reference.url, p.test_url, opts,
                                          _progress_printer(len(cases), opts.verbose)))
-        return RunReport(outcomes, time.monotonic() - t0, load_s, dataset, description)
+        return RunReport(outcomes, time.monotonic() - t0, load_s, dataset, p.description)
     except Exception:
-        for svc in started:
+        for svc in p.programs:
             print(f"--- last lines of {svc.log_path}:\n{svc.log_tail(15)}", file=sys.stderr)
         raise
     finally:
-        for svc in reversed(started):
+        for svc in reversed(p.programs):
             svc.stop()
         if opts.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
