@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gob_metrics import errors
 from gob_metrics.config import Config
+from gob_metrics.gateway import register as register_sql_gateway
 from gob_metrics.keys import BATCHER, CONFIG, METRICS, SERIES_CACHE, SERIES_REGISTRY, STORAGE
 from gob_metrics.metrics import Metrics
 from gob_metrics.read import add_routes as add_read_routes
@@ -131,6 +132,7 @@ def build_app(config: Config) -> web.Application:
     app.router.add_post("/api/v1/push", write_handler)
     app.router.add_get("/api/v1/status/tsdb", tsdb_status_handler)
     add_read_routes(app)
+    register_sql_gateway(app)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)

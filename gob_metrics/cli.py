@@ -12,6 +12,7 @@ from typing import Any
 from gob_metrics import __version__
 from gob_metrics.config import Config, load_config
 from gob_metrics.errors import ConfigError
+from gob_metrics.gateway import cli as sql_cli
 from gob_metrics.logs import setup_logging
 from gob_metrics.storage import StorageError, create_storage
 
@@ -53,6 +54,11 @@ def parser() -> argparse.ArgumentParser:
     opt = sub.add_parser("optimize",
                          help="merge all parts now (OPTIMIZE FINAL), e.g. before measuring disk")
     _common(opt)
+    sql = sub.add_parser("sql", help="run a read-only SQL query over one tenant's data",
+                         description="Run a SELECT through the SQL gateway, here or on a "
+                         "running server (--url); see docs/sql-gateway.md.")
+    _common(sql)
+    sql_cli.add_arguments(sql)
     limits = sub.add_parser("limits", help="show or change per-tenant limits at runtime",
                             description="Per-tenant limit overrides, kept in Redis (redis.url; "
                             "every replica applies a change within a second) or else in "
@@ -175,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging(cfg.server.log_level, cfg.server.log_format)
         if args.command == "serve":
             return _serve(cfg)
+        if args.command == "sql":
+            return sql_cli.run_command(cfg, args)
         if args.command == "limits":
             _limits(cfg, args)
             return 0

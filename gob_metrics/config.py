@@ -197,6 +197,35 @@ class RedisConfig:
 
 
 @dataclass
+class SqlConfig:
+    """Limits of the SQL gateway, POST /api/v1/sql (docs/sql-gateway.md)."""
+
+    #: time one query may run (ClickHouse max_execution_time); on the embedded engine a
+    #: query holds the engine, so writes wait behind it for up to this long.
+    max_execution_time: Duration = 10.0
+    #: memory one query may use (ClickHouse max_memory_usage).
+    max_memory_usage: ByteSize = 512 * 1024 * 1024
+    #: rows one query may read from the relations and numbers() (ClickHouse max_rows_to_read).
+    max_rows_to_read: int = 100_000_000
+    #: rows in one result (ClickHouse max_result_rows); more is an error, never a cut.
+    max_result_rows: int = 1_000_000
+    #: bytes in one result as ClickHouse counts them (max_result_bytes).
+    max_result_bytes: ByteSize = 128 * 1024 * 1024
+    #: queries one tenant may run at once; more is 429.
+    max_concurrent_queries: int = 2
+    #: queries per second one tenant may start (token bucket); 0 = unlimited.
+    query_rate: float = 5.0
+    #: token bucket size of query_rate: how many queries a tenant may start at once.
+    query_burst_size: int = 10
+    #: longest query text, and largest request body; more is 413.
+    max_query_bytes: ByteSize = 64 * 1024
+    #: longest regular expression or LIKE pattern in a query.
+    max_regex_length: int = 1024
+    #: largest constant that sizes a generated value: numbers(N), range(N), repeat(s, N), ...
+    max_generated_elements: int = 1_000_000
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -205,6 +234,7 @@ class Config:
     tenancy: TenancyConfig = field(default_factory=TenancyConfig)
     limits: Limits = field(default_factory=Limits)
     redis: RedisConfig = field(default_factory=RedisConfig)
+    sql: SqlConfig = field(default_factory=SqlConfig)
 
     def validate(self) -> Config:
         """Check cross-field constraints; raise ConfigError naming the key."""
@@ -257,6 +287,7 @@ class Config:
                "write.max_pending_samples", self.write.max_pending_samples,
                f"at least write.batch_max_samples={self.write.batch_max_samples}")
         check_limits(self.limits, "limits")
+        _check_sql(self.sql)
         _check_tenancy(self.tenancy)
         _check(self.redis.url == ""
                or self.redis.url.startswith(("redis://", "rediss://", "unix://")),
@@ -277,6 +308,15 @@ def check_limits(limits: Limits, prefix: str) -> None:
         value = getattr(limits, f.name)
         if not isinstance(value, bool):
             _check(value >= 0, f"{prefix}.{f.name}", value, "zero (no limit) or more")
+
+
+def _check_sql(sql: SqlConfig) -> None:
+    for f in dataclasses.fields(sql):
+        value = getattr(sql, f.name)
+        if f.name == "query_rate":
+            _check(value >= 0, "sql.query_rate", value, "zero (no limit) or more")
+        else:
+            _check(value > 0, f"sql.{f.name}", value, "a positive number")
 
 
 def _check_tenancy(t: TenancyConfig) -> None:

@@ -21,13 +21,19 @@ Contract shared by every implementation:
   ``fixed_size_binary(16)``, ``labels Map(...)`` as ``map<string, string>``).
   An insert that returns has been accepted by ClickHouse (written as a part); one that
   raises may or may not have been, and the caller retries or fails the request.
+* ``query_stream`` runs one SELECT with ClickHouse ``settings`` (limits, readonly) and
+  yields its column types, then its rows as Arrow record batches, so a large result never
+  needs to sit whole in memory.
 * Errors are translated at the boundary into :class:`StorageError` (retryable or not).
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+import contextlib
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -36,6 +42,43 @@ from gob_metrics.errors import GobError
 
 ParamValue = str | int | float | bool | Sequence[Any]
 Params = Mapping[str, ParamValue]
+Settings = Mapping[str, int | float | str]
+
+_SETTING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass
+class QueryResult:
+    """A SELECT's result while it streams: its columns first, then its rows in batches."""
+
+    #: (name, ClickHouse type) of every column, in order.
+    columns: list[tuple[str, str]]
+    #: the rows, as Arrow record batches with the same type mapping as ``Storage.query``.
+    batches: AsyncIterator[pa.RecordBatch]
+
+
+def settings_clause(settings: Settings | None) -> str:
+    """`` SETTINGS name = value, ...`` to append to a SELECT, or "" for no settings.
+
+    Names must be identifiers; values are numbers or strings (quoted here). Settings come
+    from configuration, never from a client.
+    """
+    if not settings:
+        return ""
+    parts = []
+    for name, value in settings.items():
+        if not _SETTING_NAME.fullmatch(name):
+            raise ValueError(f"not a setting name: {name!r}")
+        if isinstance(value, bool):
+            text = "1" if value else "0"
+        elif isinstance(value, int | float):
+            text = repr(value)
+        elif isinstance(value, str):
+            text = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        else:
+            raise ValueError(f"setting {name} has unsupported value type {type(value)}")
+        parts.append(f"{name} = {text}")
+    return " SETTINGS " + ", ".join(parts)
 
 
 class StorageError(GobError):
@@ -78,6 +121,30 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def insert(self, table: str, data: pa.Table) -> None:
         """Insert the rows of ``data`` into ``table`` (a name in this database)."""
+
+    @contextlib.asynccontextmanager
+    async def query_stream(
+        self, sql: str, params: Params | None = None, settings: Settings | None = None
+    ) -> AsyncIterator[QueryResult]:
+        """Run one SELECT with ClickHouse ``settings`` and stream its result.
+
+        ``sql`` is a single SELECT without SETTINGS or FORMAT clauses. An error the query
+        raises before its first row is raised on entering the context; a later one (a limit
+        hit half-way) while iterating ``batches``. Leaving the context early cancels the
+        query. This default reads the whole result with ``query`` and the settings as a
+        SETTINGS clause; transports that can stream override it.
+        """
+        clause = settings_clause(settings)
+        desc = await self.query(f"DESCRIBE TABLE ({sql}){clause}", params)
+        columns = list(zip(desc.column("name").to_pylist(), desc.column("type").to_pylist(),
+                           strict=True))
+        table = await self.query(f"{sql}{clause}", params)
+
+        async def batches() -> AsyncIterator[pa.RecordBatch]:
+            for batch in table.to_batches():
+                yield batch
+
+        yield QueryResult(columns, batches())
 
     async def ping(self) -> None:
         """Raise StorageError unless storage answers a trivial query."""

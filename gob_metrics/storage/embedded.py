@@ -2,23 +2,38 @@
 data directory. One process owns a data directory; an exclusive lock file enforces it.
 
 chdb releases the GIL while a query runs, so queries and inserts go to a thread pool and
-the event loop keeps serving requests.
+the event loop keeps serving requests. The engine runs one statement at a time anyway, and
+every call here holds one lock for its whole duration, for two reasons found in chdb 4.4:
+a query that fails after producing output leaves that output in the session, where the
+next query's result would pick it up (so a failure is followed by a throw-away query
+under the same lock), and any query ends a streaming query that is still being read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import math
 import os
 import re
+import threading
+import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from gob_metrics.storage.base import Params, Storage, StorageError
+from gob_metrics.storage.base import (
+    Params,
+    QueryResult,
+    Settings,
+    Storage,
+    StorageError,
+    settings_clause,
+)
 
 # ClickHouse error codes that a retry can cure (storage is busy, not the request wrong).
 _RETRYABLE_CODES = {
@@ -29,6 +44,12 @@ _RETRYABLE_CODES = {
 }
 _CODE_RE = re.compile(r"Code: (\d+)\.")
 _LOCK_FILE = "gob-metrics.lock"
+#: Record batches a streaming query may have produced and the reader not yet taken.
+_STREAM_BUFFER_BATCHES = 4
+#: A stream whose reader takes this long past max_execution_time is cancelled, so a slow
+#: reader cannot hold the engine (seconds; without max_execution_time, _STREAM_TIMEOUT).
+_STREAM_GRACE = 5.0
+_STREAM_TIMEOUT = 300.0
 
 
 # ClickHouse parses a bound scalar in its Escaped text format: backslash sequences are
@@ -88,6 +109,7 @@ class EmbeddedStorage(Storage):
         self._pool: ThreadPoolExecutor | None = None
         self._lock_fd: int | None = None
         self._insert_exprs: dict[tuple[str, tuple[str, ...], tuple[str, ...]], str] = {}
+        self._engine = threading.RLock()
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -147,10 +169,17 @@ class EmbeddedStorage(Storage):
 
     def _query_sync(self, sql: str, fmt: str, params: Params | None) -> Any:
         bound = {k: format_param(v) for k, v in params.items()} if params else None
-        try:
-            return self._session.query(sql, fmt, params=bound)
-        except Exception as exc:
-            raise translate_error(exc, "query") from exc
+        with self._engine:
+            try:
+                return self._session.query(sql, fmt, params=bound)
+            except Exception as exc:
+                self._drain()
+                raise translate_error(exc, "query") from exc
+
+    def _drain(self) -> None:
+        """Absorb what a failed query left in the session (call with the engine held)."""
+        with contextlib.suppress(Exception):
+            self._session.query("SELECT 1", "CSV")
 
     async def execute(self, sql: str, params: Params | None = None) -> None:
         await self._run(self._query_sync, sql, "CSV", params)
@@ -171,11 +200,13 @@ class EmbeddedStorage(Storage):
             f"SELECT {select} FROM Python(gob_insert_data)"
         )
         gob_insert_data = data  # noqa: F841 - read by chdb's Python() table function
-        try:
-            self._session.query(sql, "CSV")
-        except Exception as exc:
-            self._insert_exprs.pop(key, None)  # the table may have changed
-            raise translate_error(exc, f"insert into {table}") from exc
+        with self._engine:
+            try:
+                self._session.query(sql, "CSV")
+            except Exception as exc:
+                self._drain()
+                self._insert_exprs.pop(key, None)  # the table may have changed
+                raise translate_error(exc, f"insert into {table}") from exc
 
     def _build_select(self, table: str, data: pa.Table) -> str:
         """Column expressions that turn the Arrow wire types into the table's types."""
@@ -201,3 +232,106 @@ class EmbeddedStorage(Storage):
     async def insert(self, table: str, data: pa.Table) -> None:
         if data.num_rows:
             await self._run(self._insert_sync, table, data)
+
+    @contextlib.asynccontextmanager
+    async def query_stream(
+        self, sql: str, params: Params | None = None, settings: Settings | None = None
+    ) -> AsyncIterator[QueryResult]:
+        """Stream a SELECT: a pool thread holds the engine, runs the query and hands each
+        block over as Arrow batches; at most _STREAM_BUFFER_BATCHES wait for the reader."""
+        if self._pool is None or self._session is None:
+            raise StorageError("embedded storage is not open", retryable=True)
+        limit = (settings or {}).get("max_execution_time")
+        timeout = float(limit) + _STREAM_GRACE if limit else _STREAM_TIMEOUT
+        pipe = _Pipe(asyncio.get_running_loop(), _STREAM_BUFFER_BATCHES,
+                     time.monotonic() + timeout)
+        producer = self._pool.submit(self._stream_sync, sql, params, settings, pipe)
+        try:
+            kind, value = await pipe.get()
+            if kind == "error":
+                raise value
+            yield QueryResult(value, _batches(pipe))
+        finally:
+            pipe.close()
+            producer.add_done_callback(lambda f: f.exception())
+
+    def _stream_sync(self, sql: str, params: Params | None, settings: Settings | None,
+                     pipe: _Pipe) -> None:
+        bound = {k: format_param(v) for k, v in params.items()} if params else None
+        clause = settings_clause(settings)
+        with self._engine:
+            stream = None
+            try:
+                desc = self._session.query(f"DESCRIBE TABLE ({sql}){clause}", "ArrowTable",
+                                           params=bound)
+                columns = list(zip(desc.column("name").to_pylist(),
+                                   desc.column("type").to_pylist(), strict=True))
+                if not pipe.put(("columns", columns)):
+                    return
+                stream = self._session.send_query(f"{sql}{clause}", "Arrow", params=bound)
+                while True:
+                    chunk = stream.fetch()
+                    if chunk is None:
+                        break
+                    data = chunk.bytes()
+                    if not data:
+                        continue
+                    for batch in pa.ipc.open_file(data).read_all().to_batches():
+                        if batch.num_rows and not pipe.put(("batch", batch)):
+                            stream.cancel()
+                            return
+                pipe.put(("end", None))
+            except Exception as exc:
+                if stream is not None:
+                    with contextlib.suppress(Exception):
+                        stream.cancel()
+                self._drain()
+                error = exc if isinstance(exc, StorageError) else translate_error(exc, "query")
+                pipe.put(("error", error), force=True)
+
+
+async def _batches(pipe: _Pipe) -> AsyncIterator[pa.RecordBatch]:
+    while True:
+        kind, value = await pipe.get()
+        if kind == "batch":
+            yield value
+        elif kind == "end":
+            return
+        else:
+            raise value
+
+
+class _Pipe:
+    """Hands items from a pool thread to the event loop, at most ``room`` at a time."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, room: int, deadline: float) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._room = threading.Semaphore(room)
+        self._closed = threading.Event()
+        self._deadline = deadline
+
+    def put(self, item: tuple[str, Any], force: bool = False) -> bool:
+        """Producer side: wait for room; False once the reader is gone or too slow."""
+        while not self._closed.is_set():
+            if force or self._room.acquire(timeout=0.1):
+                try:
+                    self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+                except RuntimeError:  # the event loop is closed
+                    return False
+                return True
+            if time.monotonic() > self._deadline:
+                error = StorageError("query result was not read in time; the query was "
+                                     "cancelled", retryable=False, code=159)
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self._queue.put_nowait, ("error", error))
+                return False
+        return False
+
+    async def get(self) -> tuple[str, Any]:
+        item = await self._queue.get()
+        self._room.release()
+        return item
+
+    def close(self) -> None:
+        self._closed.set()

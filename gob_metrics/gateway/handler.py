@@ -1,0 +1,178 @@
+"""``POST /api/v1/sql``: read the query, admit it, run it, stream the encoded result.
+
+The request is the SQL text as the body (parameters as ``param_<name>`` in the URL), a form
+(``query``, ``param_<name>``), or JSON (``{"query": ..., "params": {...}}``); ``format``
+(json, csv, tsv) comes from the URL, the form or JSON, or else the Accept header.
+
+The status line is sent once the first _COMMIT_BYTES of the result are ready (or the
+result is complete), so an error before that, which is nearly every limit hit, is a
+plain 4xx answer. An error after it cannot change the status any more: JSON then ends
+with ``"status": "error"`` and the message, CSV and TSV end by closing the connection
+without the final chunk, so no client mistakes a cut result for a whole one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+from multidict import MultiMapping
+
+from gob_metrics.config import SqlConfig
+from gob_metrics.errors import BadRequest, GobError, PayloadTooLarge, UnsupportedMediaType
+from gob_metrics.gateway.encode import FORMATS
+from gob_metrics.gateway.execute import prepare, run
+from gob_metrics.gateway.limits import Admission
+from gob_metrics.keys import CONFIG, STORAGE
+from gob_metrics.tenancy import request_tenant
+
+ADMISSION = web.AppKey("sql_admission", Admission)
+
+#: Result bytes held back before the status line is sent (see the module doc).
+_COMMIT_BYTES = 256 * 1024
+_ACCEPT = {"text/csv": "csv", "text/tab-separated-values": "tsv", "application/json": "json",
+           "application/*": "json", "*/*": "json"}
+
+
+def register(app: web.Application) -> None:
+    """Add the SQL gateway's route and its per-tenant admission state to ``app``."""
+    cfg = app[CONFIG].sql
+    app[ADMISSION] = Admission(rate=cfg.query_rate, burst=cfg.query_burst_size,
+                               max_concurrent=cfg.max_concurrent_queries)
+    app.router.add_post("/api/v1/sql", sql_handler)
+
+
+def sql_limits(app: web.Application, tenant: str) -> SqlConfig:
+    """The gateway limits of ``tenant``: the one place per-tenant overrides will plug in."""
+    return app[CONFIG].sql
+
+
+async def sql_handler(request: web.Request) -> web.StreamResponse:
+    tenant = request_tenant(request)
+    cfg = sql_limits(request.app, tenant)
+    text, params, fmt = await read_request(request, cfg)
+    admission = request.app[ADMISSION]
+    admission.take(tenant)
+    config = request.app[CONFIG]
+    storage = request.app[STORAGE]
+    query = prepare(text, params, tenant, cfg, storage.database,
+                    cluster=bool(config.storage.clickhouse.cluster))
+    with admission.running(tenant):
+        async with run(storage, query, fmt, cfg) as out:
+            held: list[bytes] = []
+            size = 0
+            chunks = out.chunks()
+            async for chunk in chunks:  # an error here is still a plain 4xx answer
+                held.append(chunk)
+                size += len(chunk)
+                if size >= _COMMIT_BYTES:
+                    break
+            else:
+                held.append(out.end())
+                return web.Response(body=b"".join(held), headers=_headers(out.content_type))
+            response = web.StreamResponse(headers=_headers(out.content_type))
+            await response.prepare(request)
+            try:
+                await response.write(b"".join(held))
+                try:
+                    async for chunk in chunks:
+                        await response.write(chunk)
+                except GobError as exc:
+                    if fmt != "json":
+                        _abort(request)
+                        return response
+                    await response.write(out.end(exc))
+                else:
+                    await response.write(out.end())
+                await response.write_eof()
+            except ConnectionResetError:  # the client went away; the query is cancelled
+                pass
+            return response
+
+
+def _headers(content_type: str) -> dict[str, str]:
+    return {"Content-Type": content_type, "Cache-Control": "no-store"}
+
+
+def _abort(request: web.Request) -> None:
+    """Close the connection mid-body: the client sees an incomplete transfer."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+async def read_request(request: web.Request,
+                       cfg: SqlConfig) -> tuple[str, dict[str, Any], str]:
+    """(query text, parameters, format) from the URL and the body."""
+    limit = 2 * cfg.max_query_bytes  # the query plus its parameters and their encoding
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body of {request.content_length} bytes exceeds "
+                              f"2 x sql.max_query_bytes={cfg.max_query_bytes}")
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"request body exceeds 2 x sql.max_query_bytes="
+                              f"{cfg.max_query_bytes}")
+    fields: dict[str, Any] = {}
+    params = _url_params(request.query)
+    fmt = request.query.get("format")
+    mime = request.content_type
+    if mime == "application/json":
+        body = _json_body(raw)
+        fields = {"query": body.get("query"), "format": body.get("format")}
+        body_params = body.get("params", {})
+        if not isinstance(body_params, dict):
+            raise BadRequest('"params" must be a JSON object of name: value')
+        params.update(body_params)
+    elif mime == "application/x-www-form-urlencoded":
+        form = _decode(raw, "form")
+        pairs = parse_qsl(form, keep_blank_values=True, max_num_fields=200)
+        fields = {k: v for k, v in pairs if k in ("query", "format")}
+        params.update({k[len("param_"):]: v for k, v in pairs if k.startswith("param_")})
+    elif mime.startswith("multipart/"):
+        raise UnsupportedMediaType("multipart bodies are not supported: send the SQL as the "
+                                   "body, a urlencoded form or JSON")
+    else:
+        fields = {"query": _decode(raw, "query")}
+    text = fields.get("query")
+    if not isinstance(text, str) or not text.strip():
+        raise BadRequest("no query: send the SQL as the body, or a form or JSON field "
+                         '"query"')
+    fmt = fields.get("format") or fmt
+    return text, params, negotiate(fmt, request.headers.get("Accept", ""))
+
+
+def _url_params(query: MultiMapping[str]) -> dict[str, Any]:
+    return {k[len("param_"):]: v for k, v in query.items() if k.startswith("param_")}
+
+
+def _decode(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"the {what} is not valid UTF-8 (byte {exc.start})") from exc
+
+
+def _json_body(raw: bytes) -> Mapping[str, Any]:
+    try:
+        body = json.loads(_decode(raw, "JSON body"))
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise BadRequest(f"invalid JSON body: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequest('the JSON body must be an object: {"query": "...", "params": {...}}')
+    return body
+
+
+def negotiate(fmt: Any, accept: str) -> str:
+    """The output format: an explicit ``format`` wins, else the first known Accept type."""
+    if fmt:
+        if not isinstance(fmt, str) or fmt.lower() not in FORMATS:
+            raise BadRequest(f"unknown format {fmt!r}: json, csv or tsv")
+        return fmt.lower()
+    for part in accept.split(","):
+        found = _ACCEPT.get(part.split(";", 1)[0].strip().lower())
+        if found:
+            return found
+    return "json"
