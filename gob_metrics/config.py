@@ -92,13 +92,8 @@ class WriteConfig:
 
 @dataclass
 class ReadConfig:
-    #: series with samples in range one selector may fetch (Mimir's name); 0 = unlimited.
-    max_fetched_series_per_query: int = 100_000
-    #: samples one selector may fetch (Prometheus: storage.remote.read-sample-limit);
-    #: 0 = unlimited.
-    max_fetched_samples_per_query: int = 50_000_000
-    #: longest time range (end - start) of one query (Mimir's name); 0 = unlimited.
-    max_total_query_length: Duration = 0.0
+    """Read-path settings of the process; the query limits are per tenant (``limits``)."""
+
     #: largest accepted remote_read body as sent (snappy-compressed).
     max_request_bytes: ByteSize = 1024 * 1024
     #: largest remote_read body after snappy decompression (checked before decompressing).
@@ -278,9 +273,6 @@ class Config:
             ("redis.retry_interval", self.redis.retry_interval),
             ("redis.lookup_cache_ttl", self.redis.lookup_cache_ttl),
             ("redis.lookup_cache_max_series", self.redis.lookup_cache_max_series),
-            ("read.max_fetched_series_per_query", self.read.max_fetched_series_per_query),
-            ("read.max_fetched_samples_per_query", self.read.max_fetched_samples_per_query),
-            ("read.max_total_query_length", self.read.max_total_query_length),
         ]:
             _check(value >= 0, key, value, "zero or more")
         _check(self.write.max_pending_samples >= self.write.batch_max_samples,

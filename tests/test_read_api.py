@@ -209,16 +209,40 @@ async def test_bad_params(client: Any, path: str, params: list[tuple[str, str]],
 async def test_series_over_the_series_limit_is_422(aiohttp_client: Any, make_config: Any
                                                     ) -> None:
     client = await aiohttp_client(build_app(make_config(
-        **{"read.max_fetched_series_per_query": 2})))
+        **{"limits.max_fetched_series_per_query": 2})))
     resp = await client.post("/api/v1/write", data=body(DATA), headers=HEADERS)
     assert resp.status == 204
     status, answer = await call(client, "GET", "/api/v1/series", [("match[]", "up")])
     assert status == 422
     assert answer["errorType"] == "execution"
-    assert "read.max_fetched_series_per_query=2" in answer["error"]
+    assert "max_fetched_series_per_query=2 for tenant 'anonymous'" in answer["error"]
     status, answer = await call(client, "GET", "/api/v1/series",
                                 [("match[]", "up"), ("limit", "1")])
     assert status == 200 and answer["data"] == [UP_DB]
+
+
+async def test_metadata_api_is_tenant_scoped(aiohttp_client: Any, make_config: Any) -> None:
+    client = await aiohttp_client(build_app(make_config(
+        **{"tenancy.multitenancy_enabled": True})))
+    for tenant, job, meta in [("team-a", "a", METADATA[:1]), ("team-b", "b", METADATA[1:2])]:
+        resp = await client.post("/api/v1/write", headers={**HEADERS, "X-Scope-OrgID": tenant},
+                                 data=body([({"__name__": "up", "job": job}, EARLY)],
+                                           metadata=meta))
+        assert resp.status == 204, await resp.text()
+    for tenant, job, metric in [("team-a", "a", "up"), ("team-b", "b", "node_load1")]:
+        h = {"X-Scope-OrgID": tenant}
+        for path, params, want in [
+            ("/api/v1/series", {"match[]": "up"}, [{"__name__": "up", "job": job}]),
+            ("/api/v1/labels", {}, ["__name__", "job"]),
+            ("/api/v1/label/job/values", {}, [job]),
+            ("/api/v1/label/job/values", {"start": secs(T0), "end": secs(T0 + HOUR)}, [job]),
+        ]:
+            resp = await client.get(path, params=params, headers=h)
+            assert (await resp.json())["data"] == want, (tenant, path)
+        resp = await client.get("/api/v1/metadata", headers=h)
+        assert list((await resp.json())["data"]) == [metric]
+    resp = await client.get("/api/v1/label/job/values", headers={"X-Scope-OrgID": "team-c"})
+    assert (await resp.json())["data"] == []
 
 
 async def test_duplicate_series_rows_listed_once(client: Any) -> None:
@@ -242,7 +266,8 @@ async def test_status_endpoints(client: Any) -> None:
     assert {"revision", "branch", "buildUser", "buildDate", "goVersion"} <= set(answer["data"])
     status, answer = await call(client, "GET", "/api/v1/status/flags", [])
     assert status == 200
-    assert answer["data"]["read.max_fetched_series_per_query"] == "100000"
+    assert answer["data"]["limits.max_fetched_series_per_query"] == "0"
+    assert answer["data"]["read.max_bytes_in_frame"] == "1048576"
     assert all(isinstance(v, str) for v in answer["data"].values())
     status, answer = await call(client, "POST", "/api/v1/status/runtimeinfo", [])
     assert status == 200

@@ -87,8 +87,17 @@ async def read_streamed(client: Any, data: bytes) -> list[list[tuple[dict[str, s
     resp = await client.post("/api/v1/read", data=data, headers=READ_HEADERS)
     assert resp.status == 200, await resp.text()
     assert resp.headers["Content-Type"] == codec.STREAMED_CONTENT_TYPE
+    return _frames_by_query(await resp.read())
+
+
+def _frames_to_dicts(raw: bytes) -> list[tuple[dict[str, str], list[tuple[int, int]]]]:
+    results = _frames_by_query(raw)
+    return results[0] if results else []
+
+
+def _frames_by_query(raw: bytes) -> list[list[tuple[dict[str, str], list[tuple[int, int]]]]]:
     results: dict[int, list[tuple[dict[str, str], list[tuple[int, int]]]]] = {}
-    for frame in codec.read_frames(await resp.read()):
+    for frame in codec.read_frames(raw):
         out = results.setdefault(frame.query_index, [])
         for cs in frame.chunked_series:
             labels = {lb.name: lb.value for lb in cs.labels}
@@ -227,19 +236,23 @@ async def test_duplicate_rows_are_read_once_last_write_wins(gob_client: Any) -> 
 
 # (id, config overrides, matchers, status, message)
 LIMIT_CASES = [
-    ("series-at-limit", {"read.max_fetched_series_per_query": 3}, [(EQ, "job", "api")], 200, ""),
-    ("series-over-limit", {"read.max_fetched_series_per_query": 2}, [(EQ, "job", "api")], 422,
-     "more than 2 series with samples in its time range "
-     "(read.max_fetched_series_per_query=2)"),
-    ("samples-at-limit", {"read.max_fetched_samples_per_query": 3 * N}, [(EQ, "job", "api")],
+    ("series-at-limit", {"limits.max_fetched_series_per_query": 3}, [(EQ, "job", "api")], 200,
+     ""),
+    ("series-over-limit", {"limits.max_fetched_series_per_query": 2}, [(EQ, "job", "api")],
+     422, "more than 2 series with samples in its time range "
+     "(max_fetched_series_per_query=2 for tenant 'anonymous')"),
+    ("samples-at-limit", {"limits.max_fetched_chunks_per_query": 3 * N}, [(EQ, "job", "api")],
      200, ""),
-    ("samples-over-limit", {"read.max_fetched_samples_per_query": 3 * N - 1},
-     [(EQ, "job", "api")], 422,
-     f"more than {3 * N - 1} samples (read.max_fetched_samples_per_query={3 * N - 1})"),
-    ("query-length-over-limit", {"read.max_total_query_length": "1m"}, [(EQ, "job", "api")],
-     422, "query 0: the time range of 150000 ms exceeds read.max_total_query_length=60s"),
-    ("unlimited", {"read.max_fetched_series_per_query": 0,
-                   "read.max_fetched_samples_per_query": 0}, [(EQ, "job", "api")], 200, ""),
+    ("samples-over-limit", {"limits.max_fetched_chunks_per_query": 3 * N - 1},
+     [(EQ, "job", "api")], 422, f"more than {3 * N - 1} samples "
+     f"(max_fetched_chunks_per_query={3 * N - 1} for tenant 'anonymous', counted in samples)"),
+    ("query-length-at-limit", {"limits.max_query_length": "150s"}, [(EQ, "job", "api")], 200,
+     ""),
+    ("query-length-over-limit", {"limits.max_query_length": "1m"}, [(EQ, "job", "api")],
+     422, "query 0: the time range of 150000 ms exceeds max_query_length=1m for tenant "
+     "'anonymous'"),
+    ("unlimited", {"limits.max_fetched_series_per_query": 0,
+                   "limits.max_fetched_chunks_per_query": 0}, [(EQ, "job", "api")], 200, ""),
 ]
 
 
@@ -258,6 +271,37 @@ async def test_limits(aiohttp_client: Any, make_config: Any, overrides: dict[str
     assert message in text
     if status != 200:
         assert resp.headers["Content-Type"].startswith("application/json")
+        assert (await resp.json())["errorType"] == "execution"
+
+
+async def test_reads_are_tenant_scoped(aiohttp_client: Any, make_config: Any) -> None:
+    """The same series written by two tenants: each reads only its own samples."""
+    client = await aiohttp_client(build_app(make_config(
+        **{"tenancy.multitenancy_enabled": True})))
+    labels = {"__name__": "up", "job": "api"}
+    for tenant, value in [("team-a", 1.0), ("team-b", 2.0)]:
+        resp = await client.post("/api/v1/write", data=body([(labels, [(T0, value)])]),
+                                 headers={**HEADERS, "X-Scope-OrgID": tenant})
+        assert resp.status == 204, await resp.text()
+    query = read_request(([(EQ, "job", "api")], T0, T0))
+    for tenant, value in [("team-a", 1.0), ("team-b", 2.0), ("team-c", None)]:
+        for accepted in ([], STREAMED):
+            resp = await client.post("/api/v1/read", headers={
+                **READ_HEADERS, "X-Scope-OrgID": tenant}, data=read_request(
+                ([(EQ, "job", "api")], T0, T0), accepted=accepted))
+            assert resp.status == 200
+            raw = await resp.read()
+            if accepted:
+                got = [(labels, [(ts, bits_) for ts, bits_ in s]) for labels, s in
+                       _frames_to_dicts(raw)]
+            else:
+                out = remote_pb2.ReadResponse()
+                out.ParseFromString(snappy.uncompress(raw))
+                got = as_dicts(out.results[0])
+            want = [] if value is None else [(labels, [(T0, bits(value))])]
+            assert got == want, (tenant, accepted)
+    resp = await client.post("/api/v1/read", headers=READ_HEADERS, data=query)
+    assert resp.status == 401
 
 
 def _bad_type_request() -> bytes:

@@ -28,10 +28,10 @@ from multidict import MultiDict, MultiDictProxy
 
 from gob_metrics.config import describe
 from gob_metrics.errors import BadRequest
-from gob_metrics.keys import CONFIG, STORAGE
+from gob_metrics.keys import CONFIG, OVERRIDES, STORAGE
 from gob_metrics.read import labels as lbl
 from gob_metrics.read.matchers import METRIC_NAME, Matcher, MatchType, new_matcher
-from gob_metrics.read.select import LimitExceeded
+from gob_metrics.read.select import Limits
 from gob_metrics.tenancy import request_tenant
 
 #: the Prometheus API version this server answers like; Grafana reads it from buildinfo.
@@ -181,17 +181,13 @@ async def series_handler(request: web.Request) -> web.Response:
         raise BadRequest("no match[] parameter provided")
     limit = limit_param(params)
     q = _series_query(request, params, match_params(params))
-    max_series = request.app[CONFIG].read.max_fetched_series_per_query
-    if limit and (not max_series or limit <= max_series):
+    limits = Limits.of(request.app[OVERRIDES], q.tenant)
+    if limit and (not limits.max_series or limit <= limits.max_series):
         found, warnings = _truncate(
             await lbl.find_series(request.app[STORAGE], q, limit + 1), limit)
         return success(found, warnings)
-    found = await lbl.find_series(request.app[STORAGE], q,
-                                  max_series + 1 if max_series else 2**63 - 1)
-    if max_series and len(found) > max_series:
-        raise LimitExceeded(
-            f"the match[] selectors select more than {max_series} series "
-            f"(read.max_fetched_series_per_query={max_series}): narrow them or pass limit")
+    found = await lbl.find_series(request.app[STORAGE], q, limits.series_cap)
+    limits.check_series(len(found))
     return success(found)
 
 

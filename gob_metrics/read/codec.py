@@ -24,6 +24,7 @@ from gob_metrics.proto.prometheus import remote_pb2, types_pb2
 from gob_metrics.read.matchers import Matcher, MatchType, new_matcher
 from gob_metrics.read.select import Labels, LimitExceeded, Selector, Series, new_selector
 from gob_metrics.read.xor import encode_series
+from gob_metrics.tenants.limits import limit_message
 from gob_metrics.write.decode import decompress, snappy_declared_length
 
 SAMPLES = remote_pb2.ReadRequest.SAMPLES
@@ -85,9 +86,10 @@ def query_matchers(query: remote_pb2.Query, index: int) -> list[Matcher]:
     return out
 
 
-def request_selectors(req: remote_pb2.ReadRequest, max_total_query_length_ms: int = 0
-                      ) -> list[Selector]:
-    """Validate every query of a ReadRequest into a Selector (400 naming the query)."""
+def request_selectors(req: remote_pb2.ReadRequest, max_query_length: float = 0.0,
+                      tenant: str = "") -> list[Selector]:
+    """Validate every query of a ReadRequest into a Selector (400 naming the query; 422
+    when its time range is longer than ``max_query_length`` seconds, if that is set)."""
     if not req.queries:
         raise BadRequest("the ReadRequest has no queries")
     selectors = []
@@ -98,10 +100,10 @@ def request_selectors(req: remote_pb2.ReadRequest, max_total_query_length_ms: in
             sel = new_selector(matchers, start, end)
         except BadRequest as exc:
             raise BadRequest(f"query {i}: {exc}") from None
-        if max_total_query_length_ms and end - start > max_total_query_length_ms:
+        if max_query_length and end - start > max_query_length * 1000:
             raise LimitExceeded(
                 f"query {i}: the time range of {end - start} ms exceeds "
-                f"read.max_total_query_length={max_total_query_length_ms / 1000:g}s")
+                f"{limit_message('max_query_length', max_query_length, tenant)}")
         selectors.append(sel)
     return selectors
 

@@ -17,9 +17,8 @@ import numpy as np
 import snappy
 from aiohttp import web
 
-from gob_metrics.config import ReadConfig
 from gob_metrics.errors import PayloadTooLarge, UnsupportedMediaType
-from gob_metrics.keys import CONFIG, STORAGE
+from gob_metrics.keys import CONFIG, OVERRIDES, STORAGE
 from gob_metrics.read import codec
 from gob_metrics.read.select import Limits, Selector, Series, SeriesRef, fetch, fetch_page, plan
 from gob_metrics.read.select import select as select_series
@@ -28,11 +27,6 @@ from gob_metrics.storage.base import Storage
 from gob_metrics.tenancy import request_tenant
 
 log = logging.getLogger(__name__)
-
-
-def limits_from(cfg: ReadConfig) -> Limits:
-    return Limits(max_series=cfg.max_fetched_series_per_query,
-                  max_samples=cfg.max_fetched_samples_per_query)
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -66,11 +60,12 @@ async def read_handler(request: web.Request) -> web.StreamResponse:
     check_encoding(request)
     body = await read_body(request, cfg.max_request_bytes)
     req = codec.decode_read_request(body, cfg.max_decompressed_bytes)
-    selectors = codec.request_selectors(req, int(cfg.max_total_query_length * 1000))
+    tenant = request_tenant(request)
+    overrides = request.app[OVERRIDES]
+    selectors = codec.request_selectors(req, overrides.max_query_length(tenant), tenant)
     rtype = codec.negotiate_response_type(list(req.accepted_response_types))
     storage = request.app[STORAGE]
-    tenant = request_tenant(request)
-    limits = limits_from(cfg)
+    limits = Limits.of(overrides, tenant)
     if rtype == codec.SAMPLES:
         results: list[list[Series]] = []
         for sel in selectors:

@@ -29,6 +29,7 @@ from gob_metrics.errors import BadRequest, GobError
 from gob_metrics.read.matchers import METRIC_NAME, Matcher, MatchType, check_selector
 from gob_metrics.storage import schema
 from gob_metrics.storage.base import Storage
+from gob_metrics.tenants.limits import Overrides, limit_message
 
 Labels = tuple[tuple[str, str], ...]
 _UNLIMITED = 2**63 - 1
@@ -47,26 +48,34 @@ class LimitExceeded(GobError):
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-query fetch limits; 0 means unlimited."""
+    """Per-query fetch limits of one tenant; 0 means unlimited."""
 
-    #: Mimir: max_fetched_series_per_query.
+    #: Mimir's max_fetched_series_per_query.
     max_series: int = 0
-    #: Prometheus: storage.remote.read-sample-limit.
+    #: max_fetched_chunks_per_query, counted in samples here.
     max_samples: int = 0
+    #: the tenant, named in error messages.
+    tenant: str = ""
+
+    @classmethod
+    def of(cls, overrides: Overrides, tenant: str) -> Limits:
+        return cls(overrides.max_fetched_series_per_query(tenant),
+                   overrides.max_fetched_chunks_per_query(tenant), tenant)
 
     def check_series(self, n: int) -> None:
         if self.max_series and n > self.max_series:
+            limit = limit_message("max_fetched_series_per_query", self.max_series, self.tenant)
             raise LimitExceeded(
                 f"the query selects more than {self.max_series} series with samples in its "
-                f"time range (read.max_fetched_series_per_query={self.max_series}): narrow "
-                "the selector or the time range, or raise the limit")
+                f"time range ({limit}): narrow the selector or the time range, or raise the "
+                "limit")
 
     def check_samples(self, n: int) -> None:
         if self.max_samples and n > self.max_samples:
+            limit = limit_message("max_fetched_chunks_per_query", self.max_samples, self.tenant)
             raise LimitExceeded(
-                f"the query fetches more than {self.max_samples} samples "
-                f"(read.max_fetched_samples_per_query={self.max_samples}): narrow the "
-                "selector or the time range, or raise the limit")
+                f"the query fetches more than {self.max_samples} samples ({limit}, counted in "
+                "samples): narrow the selector or the time range, or raise the limit")
 
     @property
     def series_cap(self) -> int:
