@@ -18,9 +18,10 @@ may be written twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -30,7 +31,8 @@ import pyarrow as pa
 from clickhouse_driver import Client, errors
 
 from gob_metrics.errors import ConfigError
-from gob_metrics.storage.base import Params, Storage, StorageError
+from gob_metrics.storage import stream
+from gob_metrics.storage.base import Params, QueryResult, Settings, Storage, StorageError
 from gob_metrics.storage.clickhouse_arrow import arrow_to_column, column_to_arrow
 
 log = logging.getLogger(__name__)
@@ -166,6 +168,24 @@ def bind_params(params: Params | None) -> dict[str, Any] | None:
         )
 
     return {name: conv(name, value) for name, value in params.items()}
+
+
+#: Streamed rows per Arrow batch, and batches read ahead of a slow reader.
+_STREAM_BATCH_ROWS = 8192
+_STREAM_BUFFER_BATCHES = 4
+#: Seconds past max_execution_time a stream may take to be read before it is cancelled.
+_STREAM_GRACE = 5.0
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _rows_to_batch(rows: list[Any], types: list[tuple[str, str]], tz: str) -> pa.RecordBatch:
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(types)
+    arrays = [column_to_arrow(list(values), spec, tz)
+              for values, (_, spec) in zip(columns, types, strict=True)]
+    return pa.RecordBatch.from_arrays(arrays, names=[name for name, _ in types])
 
 
 def _server_message(exc: errors.ServerException) -> str:
@@ -332,6 +352,62 @@ class ClickHouseStorage(Storage):
         except StorageError:
             self._table_columns.pop(table, None)  # the table may have changed: describe again
             raise
+
+    @contextlib.asynccontextmanager
+    async def query_stream(
+        self, sql: str, params: Params | None = None, settings: Settings | None = None
+    ) -> AsyncIterator[QueryResult]:
+        """Stream a SELECT on one pooled client: the settings travel with the query, a pool
+        thread reads its blocks (execute_iter) and hands them over as Arrow batches.
+
+        Not retried: a stream that failed may have delivered rows already. A client whose
+        stream did not end cleanly is disconnected, as it may still hold unread blocks.
+        """
+        bound = bind_params(params)
+        client = await self._pool.acquire()
+        pipe = stream.Pipe(asyncio.get_running_loop(), _STREAM_BUFFER_BATCHES,
+                           stream.deadline(settings, _STREAM_GRACE, self.send_receive_timeout))
+        done = {"clean": False}
+        producer = self._executor.submit(self._stream_sync, client, sql, bound,
+                                         dict(settings or {}), pipe, done)
+        loop = asyncio.get_running_loop()
+
+        def release(_: object) -> None:
+            broken = not done["clean"]
+            with contextlib.suppress(RuntimeError):  # the loop is gone
+                loop.call_soon_threadsafe(lambda: self._pool.release(client, broken=broken))
+
+        producer.add_done_callback(release)
+        try:
+            columns = await stream.first_item(pipe)
+            yield QueryResult(columns, stream.batches(pipe))
+        finally:
+            pipe.close()
+
+    def _stream_sync(self, client: Client, sql: str, params: dict[str, Any] | None,
+                     settings: dict[str, Any], pipe: stream.Pipe, done: dict[str, bool]
+                     ) -> None:
+        try:
+            self._check_params(client, params)
+            rows = iter(client.execute_iter(sql, params, with_column_types=True,
+                                            settings=settings))
+            types = [(_text(name), _text(spec)) for name, spec in next(rows)]
+            if not pipe.put(stream.COLUMNS, types):
+                return
+            tz = client.connection.server_info.timezone or "UTC"
+            chunk: list[Any] = []
+            for row in rows:
+                chunk.append(row)
+                if len(chunk) >= _STREAM_BATCH_ROWS:
+                    if not pipe.put(stream.BATCH, _rows_to_batch(chunk, types, tz)):
+                        return
+                    chunk = []
+            if chunk and not pipe.put(stream.BATCH, _rows_to_batch(chunk, types, tz)):
+                return
+            done["clean"] = True
+            pipe.put(stream.END)
+        except Exception as exc:
+            pipe.put(stream.ERROR, self._translate(exc, "query"))
 
     # -- one call, retried -----------------------------------------------------------
 

@@ -18,7 +18,6 @@ import math
 import os
 import re
 import threading
-import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from gob_metrics.storage import stream
 from gob_metrics.storage.base import (
     Params,
     QueryResult,
@@ -241,97 +241,44 @@ class EmbeddedStorage(Storage):
         block over as Arrow batches; at most _STREAM_BUFFER_BATCHES wait for the reader."""
         if self._pool is None or self._session is None:
             raise StorageError("embedded storage is not open", retryable=True)
-        limit = (settings or {}).get("max_execution_time")
-        timeout = float(limit) + _STREAM_GRACE if limit else _STREAM_TIMEOUT
-        pipe = _Pipe(asyncio.get_running_loop(), _STREAM_BUFFER_BATCHES,
-                     time.monotonic() + timeout)
+        pipe = stream.Pipe(asyncio.get_running_loop(), _STREAM_BUFFER_BATCHES,
+                           stream.deadline(settings, _STREAM_GRACE, _STREAM_TIMEOUT))
         producer = self._pool.submit(self._stream_sync, sql, params, settings, pipe)
         try:
-            kind, value = await pipe.get()
-            if kind == "error":
-                raise value
-            yield QueryResult(value, _batches(pipe))
+            columns = await stream.first_item(pipe)
+            yield QueryResult(columns, stream.batches(pipe))
         finally:
             pipe.close()
             producer.add_done_callback(lambda f: f.exception())
 
     def _stream_sync(self, sql: str, params: Params | None, settings: Settings | None,
-                     pipe: _Pipe) -> None:
+                     pipe: stream.Pipe) -> None:
         bound = {k: format_param(v) for k, v in params.items()} if params else None
         clause = settings_clause(settings)
         with self._engine:
-            stream = None
+            result = None
             try:
+                # chdb's Arrow output does not carry ClickHouse types (a DateTime is a
+                # uint32): DESCRIBE names them, under the same settings.
                 desc = self._session.query(f"DESCRIBE TABLE ({sql}){clause}", "ArrowTable",
                                            params=bound)
                 columns = list(zip(desc.column("name").to_pylist(),
                                    desc.column("type").to_pylist(), strict=True))
-                if not pipe.put(("columns", columns)):
+                if not pipe.put(stream.COLUMNS, columns):
                     return
-                stream = self._session.send_query(f"{sql}{clause}", "Arrow", params=bound)
-                while True:
-                    chunk = stream.fetch()
-                    if chunk is None:
-                        break
+                result = self._session.send_query(f"{sql}{clause}", "Arrow", params=bound)
+                while (chunk := result.fetch()) is not None:
                     data = chunk.bytes()
-                    if not data:
-                        continue
-                    for batch in pa.ipc.open_file(data).read_all().to_batches():
-                        if batch.num_rows and not pipe.put(("batch", batch)):
-                            stream.cancel()
+                    for batch in pa.ipc.open_file(data).read_all().to_batches() if data else ():
+                        if batch.num_rows and not pipe.put(stream.BATCH, batch):
+                            result.cancel()
+                            self._drain()
                             return
-                pipe.put(("end", None))
+                pipe.put(stream.END)
             except Exception as exc:
-                if stream is not None:
+                if result is not None:
                     with contextlib.suppress(Exception):
-                        stream.cancel()
+                        result.cancel()
                 self._drain()
                 error = exc if isinstance(exc, StorageError) else translate_error(exc, "query")
-                pipe.put(("error", error), force=True)
-
-
-async def _batches(pipe: _Pipe) -> AsyncIterator[pa.RecordBatch]:
-    while True:
-        kind, value = await pipe.get()
-        if kind == "batch":
-            yield value
-        elif kind == "end":
-            return
-        else:
-            raise value
-
-
-class _Pipe:
-    """Hands items from a pool thread to the event loop, at most ``room`` at a time."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, room: int, deadline: float) -> None:
-        self._loop = loop
-        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        self._room = threading.Semaphore(room)
-        self._closed = threading.Event()
-        self._deadline = deadline
-
-    def put(self, item: tuple[str, Any], force: bool = False) -> bool:
-        """Producer side: wait for room; False once the reader is gone or too slow."""
-        while not self._closed.is_set():
-            if force or self._room.acquire(timeout=0.1):
-                try:
-                    self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-                except RuntimeError:  # the event loop is closed
-                    return False
-                return True
-            if time.monotonic() > self._deadline:
-                error = StorageError("query result was not read in time; the query was "
-                                     "cancelled", retryable=False, code=159)
-                with contextlib.suppress(RuntimeError):
-                    self._loop.call_soon_threadsafe(self._queue.put_nowait, ("error", error))
-                return False
-        return False
-
-    async def get(self) -> tuple[str, Any]:
-        item = await self._queue.get()
-        self._room.release()
-        return item
-
-    def close(self) -> None:
-        self._closed.set()
+                pipe.put(stream.ERROR, error)
