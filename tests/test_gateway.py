@@ -33,7 +33,7 @@ from gob_metrics.gateway.encode import Encoder
 from gob_metrics.gateway.handler import ADMISSION, negotiate
 from gob_metrics.gateway.limits import Admission
 from gob_metrics.gateway.validate import Bounds, QueryRejected, check, parse
-from gob_metrics.keys import CONFIG, STORAGE
+from gob_metrics.keys import CONFIG, METRICS, STORAGE
 from tests.conftest import CLICKHOUSE_URL
 
 # Every async test shares the module's event loop, where the app runs.
@@ -780,3 +780,20 @@ async def test_cli_opening_storage(tmp_path: Path) -> None:
     out, err = await proc.communicate()
     assert proc.returncode == 0, err
     assert out == b"n\tx\n0\thi\n"
+
+
+@ASYNC
+async def test_outcomes_are_counted(env: Env) -> None:
+    def count(outcome: str) -> float:
+        value = env.app[METRICS].registry.get_sample_value(
+            "gob_sql_queries_total", {"outcome": outcome})
+        return value or 0.0
+
+    before = {o: count(o) for o in ("success", "rejected", "limited")}
+    await post(env, "SELECT 1")
+    await post(env, "SELECT * FROM system.one")
+    await post(env, "SELECT count() FROM numbers(1000000)")
+    assert {o: count(o) - before[o] for o in before} == {"success": 1, "rejected": 1,
+                                                         "limited": 1}
+    resp = await env.client.get("/metrics")
+    assert "gob_sql_result_rows_total" in await resp.text()

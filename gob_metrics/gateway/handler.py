@@ -20,16 +20,40 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 from multidict import MultiMapping
+from prometheus_client import CollectorRegistry, Counter
 
 from gob_metrics.config import SqlConfig
-from gob_metrics.errors import BadRequest, GobError, PayloadTooLarge, UnsupportedMediaType
+from gob_metrics.errors import (
+    BadRequest,
+    GobError,
+    PayloadTooLarge,
+    TooManyRequests,
+    UnsupportedMediaType,
+)
 from gob_metrics.gateway.encode import FORMATS
 from gob_metrics.gateway.execute import prepare, run
-from gob_metrics.gateway.limits import Admission
-from gob_metrics.keys import CONFIG, STORAGE
+from gob_metrics.gateway.limits import Admission, LimitExceeded
+from gob_metrics.keys import CONFIG, METRICS, STORAGE
 from gob_metrics.tenancy import request_tenant
 
+
+class GatewayMetrics:
+    """The gateway's self-metrics, on the app's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.queries = Counter(
+            "gob_sql_queries_total",
+            "SQL gateway queries by outcome: success, rejected (400/413), limited (422, also "
+            "half-way through a streamed result), throttled (429) or failed (5xx).",
+            ["outcome"], registry=registry)
+        self.result_rows = Counter(
+            "gob_sql_result_rows_total",
+            "Rows the SQL gateway sent in results, cut-off results included.",
+            registry=registry)
+
+
 ADMISSION = web.AppKey("sql_admission", Admission)
+GATEWAY_METRICS = web.AppKey("sql_metrics", GatewayMetrics)
 
 #: Result bytes held back before the status line is sent (see the module doc).
 _COMMIT_BYTES = 256 * 1024
@@ -42,6 +66,7 @@ def register(app: web.Application) -> None:
     cfg = app[CONFIG].sql
     app[ADMISSION] = Admission(rate=cfg.query_rate, burst=cfg.query_burst_size,
                                max_concurrent=cfg.max_concurrent_queries)
+    app[GATEWAY_METRICS] = GatewayMetrics(app[METRICS].registry)
     app.router.add_post("/api/v1/sql", sql_handler)
 
 
@@ -50,7 +75,42 @@ def sql_limits(app: web.Application, tenant: str) -> SqlConfig:
     return app[CONFIG].sql
 
 
+def _outcome(exc: BaseException | None) -> str:
+    if exc is None:
+        return "success"
+    if isinstance(exc, LimitExceeded):
+        return "limited"
+    if isinstance(exc, TooManyRequests):
+        return "throttled"
+    if isinstance(exc, GobError) and 400 <= exc.status < 500:
+        return "rejected"
+    return "failed"
+
+
 async def sql_handler(request: web.Request) -> web.StreamResponse:
+    """Run one query; count its outcome (errors go on to the error middleware)."""
+    metrics = request.app[GATEWAY_METRICS]
+    state = _State()
+    try:
+        response = await _answer(request, state)
+    except Exception as exc:
+        metrics.queries.labels(_outcome(exc)).inc()
+        raise
+    finally:
+        metrics.result_rows.inc(state.rows)
+    metrics.queries.labels(_outcome(state.error)).inc()
+    return response
+
+
+class _State:
+    """What became of a query whose answer had begun: rows sent, the error that cut it."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.error: BaseException | None = None
+
+
+async def _answer(request: web.Request, state: _State) -> web.StreamResponse:
     tenant = request_tenant(request)
     cfg = sql_limits(request.app, tenant)
     text, params, fmt = await read_request(request, cfg)
@@ -72,6 +132,7 @@ async def sql_handler(request: web.Request) -> web.StreamResponse:
                     break
             else:
                 held.append(out.end())
+                state.rows = out.encoder.rows
                 return web.Response(body=b"".join(held), headers=_headers(out.content_type))
             response = web.StreamResponse(headers=_headers(out.content_type))
             await response.prepare(request)
@@ -81,6 +142,7 @@ async def sql_handler(request: web.Request) -> web.StreamResponse:
                     async for chunk in chunks:
                         await response.write(chunk)
                 except GobError as exc:
+                    state.error = exc
                     if fmt != "json":
                         _abort(request)
                         return response
@@ -88,8 +150,10 @@ async def sql_handler(request: web.Request) -> web.StreamResponse:
                 else:
                     await response.write(out.end())
                 await response.write_eof()
-            except ConnectionResetError:  # the client went away; the query is cancelled
-                pass
+            except ConnectionResetError as exc:  # the client went away; the query stops
+                state.error = exc
+            finally:
+                state.rows = out.encoder.rows
             return response
 
 
