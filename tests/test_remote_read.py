@@ -413,3 +413,19 @@ async def test_streamed_equals_samples(aiohttp_client: Any, make_config: Any, ba
     assert [len(r) for r in want] == [len(sizes), 4]
     assert sum(len(s) for _, s in want[0]) == sum(sizes)
     assert await read_streamed(client, read_request(*queries, accepted=STREAMED)) == want
+
+
+@pytest.mark.parametrize(("sizes", "budget", "groups"), [
+    ([1, 2, 3], 10, [[0, 1, 2]]),
+    ([5, 5, 5], 10, [[0, 1], [2]]),
+    ([20, 1, 1], 10, [[0], [1, 2]]),
+    ([1, 20, 1], 10, [[0], [1], [2]]),
+    ([10, 10], 10, [[0], [1]]),
+    ([], 10, []),
+], ids=["fits", "split", "big-first", "big-middle", "exact", "empty"])
+def test_stream_groups(sizes: list[int], budget: int, groups: list[list[int]]) -> None:
+    from gob_metrics.read.remote_read import _groups
+    from gob_metrics.read.select import SeriesRef
+
+    refs = [SeriesRef(i, (("__name__", str(i)),), n) for i, n in enumerate(sizes)]
+    assert [[r.series_id for r in g] for g in _groups(refs, budget)] == groups

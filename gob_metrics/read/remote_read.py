@@ -95,6 +95,10 @@ async def read_handler(request: web.Request) -> web.StreamResponse:
     return response
 
 
+# Series ids per fetch: bounds the size of the bound id array.
+_MAX_GROUP_SERIES = 10_000
+
+
 def _groups(refs: Sequence[SeriesRef], budget: int) -> list[list[SeriesRef]]:
     """Consecutive series whose samples add up to at most ``budget`` (a series larger
     than the budget is a group of its own, fetched in pages)."""
@@ -102,7 +106,7 @@ def _groups(refs: Sequence[SeriesRef], budget: int) -> list[list[SeriesRef]]:
     current: list[SeriesRef] = []
     total = 0
     for ref in refs:
-        if current and total + ref.samples > budget:
+        if current and (total + ref.samples > budget or len(current) >= _MAX_GROUP_SERIES):
             groups.append(current)
             current, total = [], 0
         current.append(ref)
