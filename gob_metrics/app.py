@@ -14,6 +14,7 @@ from gob_metrics.config import Config
 from gob_metrics.gateway import register as register_sql_gateway
 from gob_metrics.keys import BATCHER, CONFIG, METRICS, SERIES_CACHE, SERIES_REGISTRY, STORAGE
 from gob_metrics.metrics import Metrics
+from gob_metrics.promql import add_routes as add_promql_routes
 from gob_metrics.read import add_routes as add_read_routes
 from gob_metrics.status import tsdb_status_handler
 from gob_metrics.storage import StorageError, create_storage
@@ -132,6 +133,7 @@ def build_app(config: Config) -> web.Application:
     app.router.add_post("/api/v1/push", write_handler)
     app.router.add_get("/api/v1/status/tsdb", tsdb_status_handler)
     add_read_routes(app)
+    add_promql_routes(app)
     register_sql_gateway(app)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/-/healthy", healthy)

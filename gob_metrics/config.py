@@ -221,6 +221,23 @@ class SqlConfig:
 
 
 @dataclass
+class QueryConfig:
+    """Limits and defaults of the PromQL query API (docs/configuration.md)."""
+
+    #: longest a query may run (Prometheus: query.timeout); past it 503, errorType timeout.
+    timeout: Duration = 120.0
+    #: samples one query may hold: fetched samples plus the points of one intermediate
+    #: result (Prometheus: query.max-samples); over it 422.
+    max_samples: int = 50_000_000
+    #: how far back an instant selector looks for a sample (Prometheus: query.lookback-delta).
+    lookback_delta: Duration = 300.0
+    #: points per series of a range query, (end - start) / step (Prometheus: 11,000).
+    max_points_per_series: int = 11_000
+    #: step of a subquery written without one (``x[5m:]``; Prometheus' evaluation_interval).
+    default_evaluation_interval: Duration = 60.0
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -230,6 +247,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     redis: RedisConfig = field(default_factory=RedisConfig)
     sql: SqlConfig = field(default_factory=SqlConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
 
     def validate(self) -> Config:
         """Check cross-field constraints; raise ConfigError naming the key."""
@@ -280,6 +298,12 @@ class Config:
                f"at least write.batch_max_samples={self.write.batch_max_samples}")
         check_limits(self.limits, "limits")
         _check_sql(self.sql)
+        for f in dataclasses.fields(self.query):
+            _check(getattr(self.query, f.name) >= 0, f"query.{f.name}",
+                   getattr(self.query, f.name), "zero (no limit) or more")
+        _check(self.query.lookback_delta > 0 and self.query.default_evaluation_interval > 0,
+               "query.lookback_delta", self.query.lookback_delta,
+               "a positive duration (and query.default_evaluation_interval too)")
         _check_tenancy(self.tenancy)
         _check(self.redis.url == ""
                or self.redis.url.startswith(("redis://", "rediss://", "unix://")),

@@ -74,6 +74,21 @@ class Unavailable(GobError):
         self.retry_after = retry_after
 
 
+class ExecutionError(GobError):
+    """A query that parsed but cannot be evaluated, or that passed a query limit: 422,
+    Prometheus' errorType "execution"."""
+
+    status = 422
+    error_type = "execution"
+
+
+class QueryTimeout(GobError):
+    """A query ran past its timeout: 503, Prometheus' errorType "timeout"."""
+
+    status = 503
+    error_type = "timeout"
+
+
 class ConfigError(GobError):
     """A configuration key has a bad value; the message names the key."""
 

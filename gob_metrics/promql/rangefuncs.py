@@ -1,0 +1,232 @@
+"""Functions over range vectors (``rate``, ``*_over_time``, ``deriv``, ...), evaluated for
+every series and step at once from the windows located by ``values.windows``.
+
+Most need only a window's first and last samples; the rest gather the window's samples
+into a ``(series, steps, width)`` array, a bounded number of series at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from gob_metrics.promql.aggregate import sorted_quantile
+from gob_metrics.promql.values import ExecutionError, Windows
+
+#: elements of one gathered (series, steps, width) chunk
+_CHUNK = 1 << 21
+
+
+def gather(w: Windows) -> Iterator[tuple[slice, np.ndarray, np.ndarray, np.ndarray]]:
+    """Per chunk of series: (rows, values, times, mask), each (rows, steps, width)."""
+    nser, steps = w.lo.shape
+    count = w.hi - w.lo
+    width = int(count.max()) if count.size else 0
+    width = max(width, 1)
+    per = max(1, _CHUNK // max(1, steps * width))
+    ar = np.arange(width)
+    top = max(len(w.block.ts) - 1, 0)
+    for a in range(0, nser, per):
+        rows = slice(a, min(nser, a + per))
+        idx = w.lo[rows][..., None] + ar
+        mask = ar < count[rows][..., None]
+        idx = np.minimum(idx, top)
+        if len(w.block.ts) == 0:
+            vals = np.zeros(idx.shape)
+            times = np.zeros(idx.shape, np.int64)
+        else:
+            vals = w.block.values[idx]
+            times = w.block.ts[idx]
+        yield rows, vals, times, mask
+
+
+def _reduce(w: Windows, fn) -> np.ndarray:
+    out = np.full(w.lo.shape, np.nan)
+    with np.errstate(all="ignore"):
+        for rows, vals, times, mask in gather(w):
+            out[rows] = fn(vals, times, mask)
+    return out
+
+
+def _at(w: Windows, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if len(w.block.ts) == 0:
+        return np.zeros(idx.shape), np.zeros(idx.shape, np.int64)
+    idx = np.clip(idx, 0, len(w.block.ts) - 1)
+    return w.block.values[idx], w.block.ts[idx]
+
+
+def over_time(name: str, w: Windows, q: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(values, present) of ``<name>_over_time`` for every series and step."""
+    count = w.count
+    present = count > 0
+    if name == "count":
+        return count.astype(np.float64), present
+    if name == "present":
+        return np.ones(count.shape), present
+    if name == "last":
+        return _at(w, w.hi - 1)[0], present
+    if name == "sum":
+        out = _reduce(w, lambda v, t, m: np.where(m, v, 0.0).sum(axis=-1))
+    elif name == "avg":
+        out = _reduce(w, lambda v, t, m: np.where(m, v, 0.0).sum(axis=-1) / m.sum(axis=-1))
+    elif name == "max":
+        out = _reduce(w, lambda v, t, m: np.fmax.reduce(np.where(m, v, np.nan), axis=-1))
+    elif name == "min":
+        out = _reduce(w, lambda v, t, m: np.fmin.reduce(np.where(m, v, np.nan), axis=-1))
+    elif name in ("stddev", "stdvar"):
+        out = _reduce(w, _variance)
+        if name == "stddev":
+            out = np.sqrt(out)
+    elif name == "quantile":
+        assert q is not None
+        out = _reduce(w, lambda v, t, m: _window_quantile(q, v, m))
+    else:  # pragma: no cover
+        raise ExecutionError(f"unknown function {name}_over_time")
+    return out, present
+
+
+def _variance(v: np.ndarray, t: np.ndarray, m: np.ndarray) -> np.ndarray:
+    # Two-pass around the window's first value: equal values give exactly 0.
+    n = m.sum(axis=-1)
+    d = np.where(m, v - v[..., :1], 0.0)
+    mean = d.sum(axis=-1) / n
+    return np.where(m, (d - mean[..., None]) ** 2, 0.0).sum(axis=-1) / n
+
+
+def _window_quantile(q: np.ndarray, v: np.ndarray, m: np.ndarray) -> np.ndarray:
+    rows, steps, width = v.shape
+    # (width, rows*steps) columns for sorted_quantile
+    vv = v.reshape(rows * steps, width).T
+    mm = m.reshape(rows * steps, width).T
+    qq = np.broadcast_to(q[None, :], (rows, steps)).reshape(-1)
+    return sorted_quantile(qq, vv, mm).reshape(rows, steps)
+
+
+def extrapolated_rate(w: Windows, is_counter: bool, is_rate: bool
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """rate/increase/delta with Prometheus 2.42's extrapolation to the window edges."""
+    count = w.count
+    present = count >= 2
+    first_v, first_t = _at(w, w.lo)
+    last_v, last_t = _at(w, w.hi - 1)
+    with np.errstate(all="ignore"):
+        result = last_v - first_v
+        if is_counter:
+            def drops(v, t, m):
+                prev = v[..., :-1]
+                cur = v[..., 1:]
+                pair = m[..., 1:]
+                return np.where(pair & (cur < prev), prev, 0.0).sum(axis=-1)
+
+            result = result + _reduce(w, drops)
+        range_start = (w.end - w.range)[None, :]
+        range_end = w.end[None, :]
+        to_start = (first_t - range_start) / 1000.0
+        to_end = (range_end - last_t) / 1000.0
+        sampled = (last_t - first_t) / 1000.0
+        avg_between = sampled / (count - 1)
+        if is_counter:
+            # Counters cannot go below zero: extrapolate at most to where it would be 0.
+            to_zero = sampled * (first_v / result)
+            shorten = (result > 0) & (first_v >= 0) & (to_zero < to_start)
+            to_start = np.where(shorten, to_zero, to_start)
+        threshold = avg_between * 1.1
+        interval = sampled.copy()
+        interval += np.where(to_start < threshold, to_start, avg_between / 2)
+        interval += np.where(to_end < threshold, to_end, avg_between / 2)
+        result = result * (interval / sampled)
+        if is_rate:
+            result = result / (w.range / 1000.0)
+    return result, present
+
+
+def instant_rate(w: Windows, is_rate: bool) -> tuple[np.ndarray, np.ndarray]:
+    """irate/idelta: from the last two samples of the window."""
+    count = w.count
+    last_v, last_t = _at(w, w.hi - 1)
+    prev_v, prev_t = _at(w, w.hi - 2)
+    interval = last_t - prev_t
+    present = (count >= 2) & (interval != 0)
+    with np.errstate(all="ignore"):
+        if is_rate:
+            result = np.where(last_v < prev_v, last_v, last_v - prev_v)
+            result = result / (interval / 1000.0)
+        else:
+            result = last_v - prev_v
+    return result, present
+
+
+def changes_resets(w: Windows, resets: bool) -> tuple[np.ndarray, np.ndarray]:
+    def fn(v, t, m):
+        prev, cur, pair = v[..., :-1], v[..., 1:], m[..., 1:]
+        same = (cur == prev) | (np.isnan(cur) & np.isnan(prev))
+        hit = (cur < prev) if resets else ~same
+        return (pair & hit).sum(axis=-1).astype(np.float64)
+
+    return _reduce(w, fn), w.count > 0
+
+
+def _regression(v: np.ndarray, t: np.ndarray, m: np.ndarray, intercept_t: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares slope and intercept at ``intercept_t`` (ms, broadcastable to
+    (rows, steps)); a window of equal values has slope 0 (NaN if they are infinite)."""
+    n = m.sum(axis=-1)
+    x = np.where(m, (t - intercept_t[..., None]) / 1000.0, 0.0)
+    y = np.where(m, v, 0.0)
+    xm = x.sum(axis=-1) / n
+    ym = y.sum(axis=-1) / n
+    dx = np.where(m, x - xm[..., None], 0.0)
+    dy = np.where(m, y - ym[..., None], 0.0)
+    slope = (dx * dy).sum(axis=-1) / (dx * dx).sum(axis=-1)
+    intercept = ym - slope * xm
+    first = v[..., 0]
+    const = (np.where(m, v == first[..., None], True)).all(axis=-1)
+    inf = np.isinf(first)
+    slope = np.where(const, np.where(inf, np.nan, 0.0), slope)
+    intercept = np.where(const, np.where(inf, np.nan, first), intercept)
+    return slope, intercept
+
+
+def deriv(w: Windows) -> tuple[np.ndarray, np.ndarray]:
+    def fn(v, t, m):
+        return _regression(v, t, m, t[..., 0])[0]
+
+    return _reduce(w, fn), w.count >= 2
+
+
+def predict_linear(w: Windows, duration: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def fn(v, t, m):
+        at = np.broadcast_to(w.step_ts[None, :], v.shape[:2])
+        slope, intercept = _regression(v, t, m, at)
+        return slope * duration[None, :] + intercept
+
+    return _reduce(w, fn), w.count >= 2
+
+
+def holt_winters(w: Windows, sf: np.ndarray, tf: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Double exponential smoothing; the factors must be strictly between 0 and 1."""
+    for name, f in (("smoothing", sf), ("trend", tf)):
+        bad = f[(f <= 0) | (f >= 1)]
+        if bad.size:
+            raise ExecutionError(f"invalid {name} factor. Expected: 0 < {name[0]}f < 1, "
+                                 f"got: {bad[0]:f}")
+
+    def fn(v, t, m):
+        n = m.sum(axis=-1)
+        s0 = v[..., 0].copy()
+        b = v[..., 1] - v[..., 0] if v.shape[-1] > 1 else np.zeros_like(s0)
+        s1 = s0.copy()
+        for i in range(1, v.shape[-1]):
+            active = m[..., i]
+            if i > 1:
+                b_new = tf[None, :] * (s1 - s0) + (1 - tf[None, :]) * b
+                b = np.where(active, b_new, b)
+            x = sf[None, :] * v[..., i] + (1 - sf[None, :]) * (s1 + b)
+            s0 = np.where(active, s1, s0)
+            s1 = np.where(active, x, s1)
+        return np.where(n >= 2, s1, np.nan)
+
+    return _reduce(w, fn), w.count >= 2
