@@ -182,7 +182,7 @@ class RedisConfig:
     #: prefix of every key and channel, so deployments can share one Redis.
     key_prefix: str = "gob:"
     #: socket timeout of one Redis call; past it the call falls back to local state.
-    timeout: Duration = 0.25
+    timeout: Duration = 1.0
     #: after a failure, Redis is skipped (local fallbacks) and probed again this often.
     retry_interval: Duration = 1.0
     #: time a cached label lookup (matchers -> series ids) lives, minus up to 20% jitter.
