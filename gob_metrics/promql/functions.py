@@ -146,6 +146,11 @@ def _timestamp(ev: Evaluator, node: ast.Call, ts: np.ndarray) -> Vec:
     return _map(vec, np.broadcast_to(ts / 1000.0, vec.values.shape).copy())
 
 
+_GO_MIN_TIME = {"year": 292277026596.0, "month": 12.0, "day_of_month": 4.0,
+                "day_of_week": 0.0, "day_of_year": 339.0, "days_in_month": 31.0,
+                "hour": 15.0, "minute": 30.0}
+
+
 def _date(ev: Evaluator, node: ast.Call, ts: np.ndarray) -> Vec:
     if node.args:
         vec = ev.eval(node.args[0], ts)
@@ -153,7 +158,9 @@ def _date(ev: Evaluator, node: ast.Call, ts: np.ndarray) -> Vec:
     else:
         vec = Vec([()], (ts // 1000).astype(np.float64)[None, :], np.ones((1, len(ts)), bool))
     v = vec.values
-    finite = np.isfinite(v)
+    # Go converts NaN, ±Inf and out-of-range floats to int64 as math.MinInt64, and
+    # time.Unix(math.MinInt64, 0) is one fixed (wrapped) instant: its fields below.
+    finite = np.isfinite(v) & (np.abs(np.where(np.isfinite(v), v, 0)) < 2.0**63)
     secs = np.where(finite, np.trunc(np.where(finite, v, 0)), 0).astype(np.int64)
     dt = secs.astype("datetime64[s]")
     days = dt.astype("datetime64[D]")
@@ -176,7 +183,7 @@ def _date(ev: Evaluator, node: ast.Call, ts: np.ndarray) -> Vec:
         out = secs // 3600 % 24
     else:  # minute
         out = secs // 60 % 60
-    values = np.where(finite, out.astype(np.float64), np.nan)
+    values = np.where(finite, out.astype(np.float64), _GO_MIN_TIME[name])
     return collapse(list(vec.labels), values, vec.present)
 
 
