@@ -264,6 +264,12 @@ ISOLATION: list[tuple[str, str, Reader]] = [
     ("labels", "/api/v1/labels", lambda c, h: _get_json(c, "/api/v1/labels", {}, h)),
     ("metadata", "/api/v1/metadata", lambda c, h: _get_json(c, "/api/v1/metadata", {}, h)),
     ("remote-read", "/api/v1/read", _remote_read),
+    ("query", "/api/v1/query", lambda c, h: _get_json(
+        c, "/api/v1/query", {"query": '{__name__=~".+"}', "time": str(NOW / 1000)}, h)),
+    ("query-range", "/api/v1/query_range", lambda c, h: _get_json(
+        c, "/api/v1/query_range", {"query": 'count by (__name__) ({__name__=~".+"})',
+                                   "start": str(NOW / 1000 - 60), "end": str(NOW / 1000),
+                                   "step": "15"}, h)),
     ("sql", "/api/v1/sql", _sql),
 ]
 
@@ -276,6 +282,8 @@ def _names(case: str, data: Any) -> set[str]:
         return _names_tsdb(data)
     if case == "series":
         return {s["__name__"] for s in data["data"]}
+    if case in ("query", "query-range"):
+        return {r["metric"].get("__name__", "") for r in data["data"]["result"]}
     if case == "metadata":
         return set(data["data"])
     return set(data["data"])
