@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from gob_metrics.proto.gob import ingest_pb2
@@ -104,31 +104,49 @@ class SeriesCache:
     """Remembers which series are registered, keyed by tenant and raw label bytes; the value
     is what the write path needs of it (its id, and the shape its label limits check).
 
-    Bounded: past ``capacity`` entries the oldest half is dropped (insertion order), which
-    costs one re-registration per evicted series that comes back. Only series whose
-    registration is durable are put here.
+    One dict per tenant, so the hot path looks a series up by its raw label tuple alone.
+    Bounded: past ``capacity`` entries in all, the oldest half of every tenant's entries is
+    dropped (insertion order), which costs one re-registration per evicted series that comes
+    back. Only series whose registration is durable are put here.
     """
 
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self._ids: dict[CacheKey, Any] = {}
+        self._tenants: dict[str, dict[tuple[bytes, ...], Any]] = {}
+        self._size = 0
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return self._size
+
+    def _of(self, tenant: str) -> dict[tuple[bytes, ...], Any]:
+        ids = self._tenants.get(tenant)
+        if ids is None:
+            ids = self._tenants[tenant] = {}
+        return ids
+
+    def tenant_getter(self, tenant: str) -> Callable[[tuple[bytes, ...]], Any]:
+        """The lookup of one tenant's entries by raw label tuple (``dict.get``)."""
+        return self._of(tenant).get
 
     def get(self, key: CacheKey) -> Any:
-        return self._ids.get(key)
+        ids = self._tenants.get(key[0])
+        return None if ids is None else ids.get(key[1])
 
     def forget_tenant(self, tenant: str) -> None:
         """Drop every entry of ``tenant`` (its series were deleted)."""
-        for key in [k for k in self._ids if k[0] == tenant]:
-            del self._ids[key]
+        ids = self._tenants.get(tenant)
+        if ids:
+            self._size -= len(ids)
+            ids.clear()
 
     def add_many(self, items: Sequence[tuple[CacheKey, Any]]) -> None:
-        ids = self._ids
-        for key, sid in items:
-            ids[key] = sid
-        if len(ids) > self.capacity:
-            drop = len(ids) - self.capacity // 2
-            for key in list(ids)[:drop]:
-                del ids[key]
+        for (tenant, raw), value in items:
+            ids = self._of(tenant)
+            before = len(ids)
+            ids[raw] = value
+            self._size += len(ids) - before
+        if self._size > self.capacity:
+            for ids in self._tenants.values():
+                for raw in list(ids)[: (len(ids) + 1) // 2]:
+                    del ids[raw]
+            self._size = sum(len(ids) for ids in self._tenants.values())
