@@ -6,9 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from gob_metrics.app import build_app
 from gob_metrics.read import api
+from tests.readhelpers import module_client
 from tests.writes import HEADERS, body
 
 T0 = 1_700_000_000_000  # ms
@@ -37,12 +39,23 @@ def secs(ms: int) -> str:
     return f"{ms / 1000:.3f}"
 
 
+async def load_data(client: Any) -> None:
+    resp = await client.post("/api/v1/write", data=body(DATA, metadata=METADATA),
+                             headers=HEADERS)
+    assert resp.status == 204, await resp.text()
+
+
 @pytest.fixture
 async def client(gob_client: Any) -> Any:
-    resp = await gob_client.post("/api/v1/write", data=body(DATA, metadata=METADATA),
-                                 headers=HEADERS)
-    assert resp.status == 204, await resp.text()
+    await load_data(gob_client)
     return gob_client
+
+
+@pytest_asyncio.fixture(scope="class", loop_scope="class")
+async def shared(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One app with DATA loaded, shared by the read-only table cases."""
+    async for client in module_client(tmp_path_factory.mktemp("read_api"), load_data):
+        yield client
 
 
 async def call(client: Any, method: str, path: str, params: list[tuple[str, str]]
@@ -109,25 +122,6 @@ OK_CASES: list[tuple[str, str, list[tuple[str, str]], Any]] = [
 ]
 
 
-@pytest.mark.parametrize(("path", "params", "data"), [c[1:] for c in OK_CASES],
-                         ids=[c[0] for c in OK_CASES])
-@pytest.mark.parametrize("method", ["GET", "POST"])
-async def test_ok(client: Any, method: str, path: str, params: list[tuple[str, str]],
-                  data: Any) -> None:
-    status, answer = await call(client, method, path, params)
-    assert status == 200, answer
-    assert answer["status"] == "success"
-    if path == "/api/v1/metadata":
-        # Entries of one metric are newest first; both help texts arrived together here.
-        answer["data"] = {k: sorted(v, key=lambda e: e["help"]) for k, v in answer["data"].items()}
-        data = {k: sorted(v, key=lambda e: e["help"]) for k, v in data.items()}
-        if "limit_per_metric" in dict(params):
-            assert len(answer["data"]["http_requests_total"]) == 1
-            answer["data"]["http_requests_total"] = data["http_requests_total"]
-    assert answer["data"] == data
-    assert "warnings" not in answer
-
-
 # (id, path, params, expected data, truncated)
 LIMIT_CASES: list[tuple[str, str, list[tuple[str, str]], Any, bool]] = [
     ("series-truncated", "/api/v1/series", [("match[]", "up"), ("limit", "2")],
@@ -141,16 +135,6 @@ LIMIT_CASES: list[tuple[str, str, list[tuple[str, str]], Any, bool]] = [
     ("values-exact", "/api/v1/label/job/values", [("limit", "3")], ["api", "db", "node"],
      False),
 ]
-
-
-@pytest.mark.parametrize(("path", "params", "data", "truncated"), [c[1:] for c in LIMIT_CASES],
-                         ids=[c[0] for c in LIMIT_CASES])
-async def test_limit_param(client: Any, path: str, params: list[tuple[str, str]], data: Any,
-                           truncated: bool) -> None:
-    status, answer = await call(client, "GET", path, params)
-    assert status == 200, answer
-    assert answer["data"] == data
-    assert answer.get("warnings", []) == (["results truncated due to limit"] if truncated else [])
 
 
 # (id, path, params, status, errorType, message)
@@ -192,18 +176,6 @@ BAD_CASES: list[tuple[str, str, list[tuple[str, str]], int, str, str]] = [
     ("metadata-bad-limit-per-metric", "/api/v1/metadata", [("limit_per_metric", "1.5")], 400,
      "bad_data", "limit_per_metric must be a number"),
 ]
-
-
-@pytest.mark.parametrize(("path", "params", "status", "error_type", "message"),
-                         [c[1:] for c in BAD_CASES], ids=[c[0] for c in BAD_CASES])
-async def test_bad_params(client: Any, path: str, params: list[tuple[str, str]], status: int,
-                          error_type: str, message: str) -> None:
-    got, answer = await call(client, "GET", path, params)
-    assert got == status, answer
-    if status != 200:
-        assert answer["status"] == "error"
-        assert answer["errorType"] == error_type
-        assert message in answer["error"]
 
 
 async def test_series_over_the_series_limit_is_422(aiohttp_client: Any, make_config: Any
@@ -364,3 +336,49 @@ async def test_series_match_prometheus(client: Any, tmp_path: Any) -> None:
                 assert got.get("data") == want.get("data"), selector
     finally:
         await asyncio.to_thread(prom.stop)
+
+
+@pytest.mark.asyncio(loop_scope="class")
+class TestOnSharedData:
+    """Read-only cases on one app loaded once. chdb allows one data path per process at a
+    time, so the shared app lives only while this class runs."""
+
+    @pytest.mark.parametrize(("path", "params", "data"), [c[1:] for c in OK_CASES],
+                             ids=[c[0] for c in OK_CASES])
+    @pytest.mark.parametrize("method", ["GET", "POST"])
+    async def test_ok(self, shared: Any, method: str, path: str, params: list[tuple[str, str]],
+                      data: Any) -> None:
+        status, answer = await call(shared, method, path, params)
+        assert status == 200, answer
+        assert answer["status"] == "success"
+        if path == "/api/v1/metadata":
+            # Entries of one metric are newest first; both help texts arrived together here.
+            answer["data"] = {k: sorted(v, key=lambda e: e["help"])
+                              for k, v in answer["data"].items()}
+            data = {k: sorted(v, key=lambda e: e["help"]) for k, v in data.items()}
+            if "limit_per_metric" in dict(params):
+                assert len(answer["data"]["http_requests_total"]) == 1
+                answer["data"]["http_requests_total"] = data["http_requests_total"]
+        assert answer["data"] == data
+        assert "warnings" not in answer
+
+    @pytest.mark.parametrize(("path", "params", "data", "truncated"),
+                             [c[1:] for c in LIMIT_CASES], ids=[c[0] for c in LIMIT_CASES])
+    async def test_limit_param(self, shared: Any, path: str, params: list[tuple[str, str]],
+                               data: Any, truncated: bool) -> None:
+        status, answer = await call(shared, "GET", path, params)
+        assert status == 200, answer
+        assert answer["data"] == data
+        warnings = ["results truncated due to limit"] if truncated else []
+        assert answer.get("warnings", []) == warnings
+
+    @pytest.mark.parametrize(("path", "params", "status", "error_type", "message"),
+                             [c[1:] for c in BAD_CASES], ids=[c[0] for c in BAD_CASES])
+    async def test_bad_params(self, shared: Any, path: str, params: list[tuple[str, str]],
+                              status: int, error_type: str, message: str) -> None:
+        got, answer = await call(shared, "GET", path, params)
+        assert got == status, answer
+        if status != 200:
+            assert answer["status"] == "error"
+            assert answer["errorType"] == error_type
+            assert message in answer["error"]

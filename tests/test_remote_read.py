@@ -9,11 +9,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+import pytest_asyncio
 import snappy
 
 from gob_metrics.app import build_app
 from gob_metrics.proto.prometheus import remote_pb2, types_pb2
 from gob_metrics.read import codec, xor
+from tests.readhelpers import module_client
 from tests.writes import HEADERS, STALE_NAN, STALE_NAN_BITS, bits, body
 
 T0 = 1_700_000_000_000
@@ -64,6 +66,13 @@ async def load(client: Any, series: Sequence[tuple[dict[str, str], Sequence[tupl
 
 async def load_all(client: Any) -> None:
     await load(client, [(labels, samples_of(name)) for name, labels in SERIES.items()])
+
+
+@pytest_asyncio.fixture(scope="class", loop_scope="class")
+async def loaded(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One app with SERIES loaded, shared by the read-only table cases."""
+    async for client in module_client(tmp_path_factory.mktemp("remote_read"), load_all):
+        yield client
 
 
 def as_dicts(result: remote_pb2.QueryResult) -> list[tuple[dict[str, str], list[tuple[int, int]]]]:
@@ -178,34 +187,6 @@ MATCHER_CASES: list[tuple[str, list[tuple[int, str, str]], tuple[int, int] | Non
     ("range-before-data", [(EQ, "job", "ab")], (0, T0 - 1), []),
     ("range-huge", [(EQ, "job", "ab")], (-(2**63), 2**63 - 1), ["ab"]),
 ]
-
-
-@pytest.mark.parametrize(("matchers", "span", "names"), [c[1:] for c in MATCHER_CASES],
-                         ids=[c[0] for c in MATCHER_CASES])
-async def test_matchers(gob_client: Any, matchers: list[tuple[int, str, str]],
-                        span: tuple[int, int] | None, names: list[str]) -> None:
-    await load_all(gob_client)
-    start, end = span or (0, T0 + 10 * N * STEP)
-    want = expected(names, start, end)
-    got = await read_samples(gob_client, read_request((matchers, start, end)))
-    assert len(got.results) == 1
-    assert as_dicts(got.results[0]) == want
-    streamed = await read_streamed(gob_client, read_request((matchers, start, end),
-                                                            accepted=STREAMED))
-    assert (streamed[0] if streamed else []) == want
-
-
-async def test_multiple_queries_answer_in_query_order(gob_client: Any) -> None:
-    await load_all(gob_client)
-    span = (T0, T0 + N * STEP)
-    queries = [([(EQ, "job", "db")], *span), ([(EQ, "__name__", "nope")], *span),
-               ([(EQ, "job", "api")], *span), ([(EQ, "job", "db")], T0, T0)]
-    got = await read_samples(gob_client, read_request(*queries))
-    assert [as_dicts(r) for r in got.results] == [
-        expected(["db_a"]), [], expected(["api_a", "api_b", "cpu"]), expected(["db_a"], T0, T0)]
-    streamed = await read_streamed(gob_client, read_request(*queries, accepted=STREAMED))
-    assert streamed == [expected(["db_a"]), [], expected(["api_a", "api_b", "cpu"]),
-                        expected(["db_a"], T0, T0)]
 
 
 async def test_stale_nan_and_special_values_are_bit_exact(gob_client: Any) -> None:
@@ -354,17 +335,6 @@ BAD_CASES: list[tuple[str, bytes, dict[str, str], int, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("data", "headers", "status", "message"), [c[1:] for c in BAD_CASES],
-                         ids=[c[0] for c in BAD_CASES])
-async def test_bad_requests(gob_client: Any, data: bytes, headers: dict[str, str], status: int,
-                            message: str) -> None:
-    resp = await gob_client.post("/api/v1/read", data=data, headers=headers)
-    answer = await resp.json()
-    assert resp.status == status, answer
-    assert answer["status"] == "error" and answer["errorType"] == "bad_data"
-    assert message in answer["error"]
-
-
 @pytest.mark.parametrize("text", ["a\\b", "a\\\\b", "a\nb\tc\r", "\\N", "it's", "\\",
                                   "x\\", "¥\x00"], ids=repr)
 async def test_bound_strings_arrive_verbatim(gob_client: Any, text: str) -> None:
@@ -429,3 +399,46 @@ def test_stream_groups(sizes: list[int], budget: int, groups: list[list[int]]) -
 
     refs = [SeriesRef(i, (("__name__", str(i)),), n) for i, n in enumerate(sizes)]
     assert [[r.series_id for r in g] for g in _groups(refs, budget)] == groups
+
+
+@pytest.mark.asyncio(loop_scope="class")
+class TestOnSharedData:
+    """Read-only cases on one app loaded once. chdb allows one data path per process at a
+    time, so the shared app lives only while this class runs."""
+
+    @pytest.mark.parametrize(("matchers", "span", "names"), [c[1:] for c in MATCHER_CASES],
+                             ids=[c[0] for c in MATCHER_CASES])
+    async def test_matchers(self, loaded: Any, matchers: list[tuple[int, str, str]],
+                            span: tuple[int, int] | None, names: list[str]) -> None:
+        gob_client = loaded
+        start, end = span or (0, T0 + 10 * N * STEP)
+        want = expected(names, start, end)
+        got = await read_samples(gob_client, read_request((matchers, start, end)))
+        assert len(got.results) == 1
+        assert as_dicts(got.results[0]) == want
+        streamed = await read_streamed(gob_client, read_request((matchers, start, end),
+                                                                accepted=STREAMED))
+        assert (streamed[0] if streamed else []) == want
+
+    async def test_multiple_queries_answer_in_query_order(self, loaded: Any) -> None:
+        gob_client = loaded
+        span = (T0, T0 + N * STEP)
+        queries = [([(EQ, "job", "db")], *span), ([(EQ, "__name__", "nope")], *span),
+                   ([(EQ, "job", "api")], *span), ([(EQ, "job", "db")], T0, T0)]
+        got = await read_samples(gob_client, read_request(*queries))
+        assert [as_dicts(r) for r in got.results] == [
+            expected(["db_a"]), [], expected(["api_a", "api_b", "cpu"]),
+            expected(["db_a"], T0, T0)]
+        streamed = await read_streamed(gob_client, read_request(*queries, accepted=STREAMED))
+        assert streamed == [expected(["db_a"]), [], expected(["api_a", "api_b", "cpu"]),
+                            expected(["db_a"], T0, T0)]
+
+    @pytest.mark.parametrize(("data", "headers", "status", "message"),
+                             [c[1:] for c in BAD_CASES], ids=[c[0] for c in BAD_CASES])
+    async def test_bad_requests(self, loaded: Any, data: bytes, headers: dict[str, str],
+                                status: int, message: str) -> None:
+        resp = await loaded.post("/api/v1/read", data=data, headers=headers)
+        answer = await resp.json()
+        assert resp.status == status, answer
+        assert answer["status"] == "error" and answer["errorType"] == "bad_data"
+        assert message in answer["error"]
