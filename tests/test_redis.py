@@ -412,3 +412,28 @@ async def test_starts_without_redis_and_picks_it_up(aiohttp_client: Any, make_co
         r.close()
     finally:
         server.stop()
+
+
+async def test_hung_redis_costs_one_timeout_not_a_failure(
+        aiohttp_client: Any, make_config: Any, redis_srv: RedisServer, redis_url: str) -> None:
+    """A frozen Redis (SIGSTOP) answers nothing: the first requests wait one redis.timeout,
+    then Redis is skipped; every request is answered 204 and stored."""
+    client = await aiohttp_client(build_app(make_config(**settings(
+        redis_url, **{"redis.timeout": "200ms"}))))
+    app = client.app
+    redis_srv.freeze()
+    try:
+        statuses = []
+        started = time.monotonic()
+        for i in range(10):
+            resp = await client.post("/api/v1/write", headers=HEADERS,
+                                     data=body([(UP, [(NOW - 10_000 + i, 1.0)])]))
+            statuses.append(resp.status)
+        elapsed = time.monotonic() - started
+        assert statuses == [204] * 10
+        assert not app[REDIS].up
+        assert elapsed < 3.0, elapsed
+    finally:
+        redis_srv.resume()
+    await until(lambda: app[REDIS].up, 5, "redis back after SIGCONT")
+    assert await count(app[STORAGE], "samples") == 10

@@ -38,6 +38,7 @@ class RedisServer:
 
     def stop(self) -> None:
         """SIGTERM by PID and wait (SIGKILL if it lingers)."""
+        self.resume()
         self.service.stop()
 
     def kill(self) -> None:
@@ -46,6 +47,16 @@ class RedisServer:
         if proc is not None and proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+    def freeze(self) -> None:
+        """SIGSTOP by PID: connections stay open but nothing answers (a hung Redis)."""
+        if self.service.proc is not None and self.service.proc.poll() is None:
+            os.kill(self.service.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT by PID after freeze(); harmless otherwise."""
+        if self.service.proc is not None and self.service.proc.poll() is None:
+            os.kill(self.service.proc.pid, signal.SIGCONT)
 
 
 @contextmanager
