@@ -339,3 +339,18 @@ async def test_local_lookup_cache_invalidated_by_new_series(gob_client: Any) -> 
     await cache.get_or_load("anonymous", matchers, load)
     assert len(loads) == 3
     assert (await cache.get("other", matchers)).series_ids is None
+
+
+async def test_invalidate_tenant_after_deletion(gob_client: Any) -> None:
+    """After a deletion, invalidate_tenant() makes a deleted series register again."""
+    assert (await write(gob_client, [s(UP, NOW - 2000)])).status == 204
+    storage = gob_client.app[STORAGE]
+    await storage.execute(f"ALTER TABLE {storage.database}.series DELETE WHERE tenant = "
+                          "'anonymous' SETTINGS mutations_sync = 1")
+    assert await count(storage, "series") == 0
+    registry = gob_client.app[SERIES_REGISTRY]
+    await registry.invalidate_tenant("anonymous")
+    assert registry.series_count("anonymous") == 0
+    assert (await write(gob_client, [s(UP, NOW - 1000)])).status == 204
+    assert await count(storage, "series") == 1
+    assert registry.series_count("anonymous") == 1
