@@ -23,7 +23,7 @@ from tests.writes import HEADERS, body
 FILES = sorted((Path(__file__).parent / "promql").glob("*.test"))
 #: compliance suite cases passing through gob-metrics' /api/v1/query_range (of 539):
 #: raise it as the engine improves, never lower it.
-COMPLIANCE_PASSING = 538
+COMPLIANCE_PASSING = 539
 
 
 async def _load_and_eval(path: Path, write, query) -> list[str]:

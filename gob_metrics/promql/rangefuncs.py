@@ -136,9 +136,12 @@ def extrapolated_rate(w: Windows, is_counter: bool, is_rate: bool
         interval = sampled.copy()
         interval += np.where(to_start < threshold, to_start, avg_between / 2)
         interval += np.where(to_end < threshold, to_end, avg_between / 2)
-        result = result * (interval / sampled)
+        # Prometheus 2.42 scales once by a factor (the order matters to the last bit,
+        # and histogram_quantile compares rates of neighbouring buckets exactly).
+        factor = interval / sampled
         if is_rate:
-            result = result / (w.range / 1000.0)
+            factor = factor / (w.range / 1000.0)
+        result = result * factor
     return result, present
 
 
