@@ -44,4 +44,11 @@ async def test_migrate_is_idempotent(gob_client: Any) -> None:
     storage = gob_client.app[STORAGE]
     assert await migrate(storage) == []
     t = await storage.query(f"SELECT version, name FROM {storage.database}.schema_migrations")
-    assert t.to_pylist() == [{"version": 1, "name": "initial_schema"}]
+    assert sorted(t.to_pylist(), key=lambda r: r["version"]) == [
+        {"version": 1, "name": "initial_schema"}, {"version": 2, "name": "value_codecs"}]
+    codecs = await storage.query(
+        "SELECT name, compression_codec AS codec FROM system.columns WHERE database = "
+        "{db:String} AND table = 'samples' ORDER BY name", {"db": storage.database})
+    assert {r["name"]: r["codec"] for r in codecs.to_pylist()} == {
+        "series_id": "CODEC(ZSTD(1))", "tenant": "",
+        "timestamp": "CODEC(DoubleDelta, ZSTD(1))", "value": "CODEC(Delta(8), ZSTD(1))"}
