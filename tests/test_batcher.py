@@ -22,12 +22,14 @@ class Recorder:
     """A flush function that records batches and can be held closed by a test."""
 
     def __init__(self) -> None:
+        self.started: list[int] = []
         self.batches: list[int] = []
         self.gate = asyncio.Event()
         self.gate.set()
         self.fail: Exception | None = None
 
     async def __call__(self, batch: Batch) -> None:
+        self.started.append(batch.samples)
         await self.gate.wait()
         if self.fail is not None:
             raise self.fail
@@ -42,19 +44,40 @@ def batcher(rec: Recorder, **kw: float) -> Batcher:
     return b
 
 
-async def test_concurrent_requests_share_one_batch() -> None:
+async def test_lone_request_is_inserted_at_once() -> None:
     rec = Recorder()
-    b = batcher(rec)
-    await asyncio.gather(*(b.submit(part(10)) for _ in range(5)))
-    assert rec.batches == [50]
+    b = batcher(rec, max_age=30)
+    await asyncio.wait_for(b.submit(part(10)), 2)  # no 30 s wait: nothing else was inserting
+    assert rec.batches == [10]
     await b.close(1)
 
 
-async def test_batch_sealed_at_size_before_age() -> None:
+async def test_requests_arriving_during_an_insert_share_the_next_batch() -> None:
     rec = Recorder()
+    rec.gate.clear()
     b = batcher(rec, max_age=30)
-    await asyncio.wait_for(asyncio.gather(*(b.submit(part(50)) for _ in range(4))), 5)
-    assert rec.batches == [100, 100]
+    first = asyncio.create_task(b.submit(part(10)))
+    await asyncio.sleep(0.01)
+    rest = [asyncio.create_task(b.submit(part(10))) for _ in range(4)]
+    await asyncio.sleep(0.01)
+    assert rec.started == [10]  # the four wait for the running insert
+    rec.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, *rest), 5)
+    assert rec.batches == [10, 40]
+    await b.close(1)
+
+
+async def test_batch_sealed_at_size_while_an_insert_runs() -> None:
+    rec = Recorder()
+    rec.gate.clear()
+    b = batcher(rec, max_age=30)
+    tasks = [asyncio.create_task(b.submit(part(50)))]
+    await asyncio.sleep(0.01)
+    tasks += [asyncio.create_task(b.submit(part(50))) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    assert rec.started == [50, 100]  # the second batch went at 100 samples, not at 30 s
+    rec.gate.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)
     await b.close(1)
 
 

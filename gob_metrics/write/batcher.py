@@ -1,6 +1,11 @@
-"""Group commit: concurrent requests join a shared batch that is inserted when it reaches
-``write.batch_max_samples`` or ``write.batch_max_age``; each request is answered only
+"""Group commit: concurrent requests join a shared batch; each request is answered only
 after the batch holding its samples is durably inserted.
+
+A batch is sealed (handed to an insert) as soon as no insert is running, or when it
+reaches ``write.batch_max_samples``, or when its first request has waited
+``write.batch_max_age``. So a lone request is inserted at once, and under load batches
+grow to what arrives during one insert: latency stays near one or two insert times and
+the batch size follows the load, with no fixed delay to tune.
 
 Memory is bounded by ``write.max_pending_samples`` (samples pending plus being inserted):
 a request that does not fit waits for room up to ``write.queue_timeout`` and is then
@@ -51,6 +56,7 @@ class Batcher:
         self._timer: asyncio.TimerHandle | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._closing = False
+        self._inserting = 0  # sealed batches not yet inserted (queued or being inserted)
 
     @property
     def pending_samples(self) -> int:
@@ -72,7 +78,7 @@ class Batcher:
         batch.parts.append(part)
         batch.waiters.append(fut)
         batch.samples += n
-        if batch.samples >= self.max_samples:
+        if batch.samples >= self.max_samples or self._inserting == 0:
             self._seal()
         elif self._timer is None:
             self._timer = loop.call_later(self.max_age, self._seal)
@@ -105,6 +111,7 @@ class Batcher:
         if not batch.parts:
             return
         self._current = Batch()
+        self._inserting += 1
         self._queue.put_nowait(batch)
 
     async def _release(self, n: int) -> None:
@@ -128,7 +135,10 @@ class Batcher:
                     if not fut.done():
                         fut.set_result(None)
             finally:
+                self._inserting -= 1
                 await self._release(batch.samples)
+                if self._inserting == 0 and self._current.parts:
+                    self._seal()  # what gathered during the insert goes now
 
     async def close(self, timeout: float) -> None:
         """Stop accepting, flush what is pending, and wait for the workers (drain)."""
