@@ -81,6 +81,19 @@ async def test_batch_sealed_at_size_while_an_insert_runs() -> None:
     await b.close(1)
 
 
+async def test_small_batches_wait_for_min_samples_or_age() -> None:
+    rec = Recorder()
+    b = batcher(rec, min_samples=25, max_age=0.2)
+    first = asyncio.create_task(b.submit(part(10)))
+    await asyncio.sleep(0.05)
+    assert rec.started == []  # idle, but 10 < min_samples: wait for more or for the age
+    await asyncio.gather(first, b.submit(part(10)), b.submit(part(10)))
+    assert rec.batches == [30]  # sealed at 30 >= 25, well before the 0.2 s age
+    await asyncio.wait_for(b.submit(part(5)), 2)  # a lone small request: sealed by age
+    assert rec.batches == [30, 5]
+    await b.close(1)
+
+
 async def test_answer_waits_for_insert() -> None:
     rec = Recorder()
     rec.gate.clear()
