@@ -20,7 +20,7 @@ from multidict import MultiDictProxy
 
 from gob_metrics.config import QueryConfig
 from gob_metrics.errors import BadRequest
-from gob_metrics.keys import CONFIG, OVERRIDES, STORAGE
+from gob_metrics.keys import CONFIG, LOOKUP_CACHE, OVERRIDES, STORAGE
 from gob_metrics.promql import ast, encode
 from gob_metrics.promql.engine import Evaluator, Query, QueryTimeout, Settings
 from gob_metrics.promql.values import Vec, Windows
@@ -85,7 +85,8 @@ async def _run(request: web.Request, query: Query, st: Settings) -> object:
     ev = Evaluator(query, st)
     try:
         async with asyncio.timeout(st.timeout if math.isfinite(st.timeout) else None):
-            await ev.fetch(request.app[STORAGE], request_tenant(request))
+            await ev.fetch(request.app[STORAGE], request_tenant(request),
+                           request.app[LOOKUP_CACHE])
             return await asyncio.to_thread(ev.eval, query.node, query.steps)
     except TimeoutError:
         raise QueryTimeout(f"query timed out in expression evaluation (query.timeout="

@@ -30,6 +30,7 @@ from gob_metrics.promql.values import (
 )
 from gob_metrics.read import select
 from gob_metrics.storage.base import Storage
+from gob_metrics.tenants.lookup_cache import LookupCache
 
 Value = Any  # np.ndarray (scalar per step) | Vec | Windows | str
 
@@ -133,8 +134,10 @@ class Evaluator:
             for arg in node.args:
                 self.plan(arg, first, last)
 
-    async def fetch(self, storage: Storage, tenant: str) -> None:
-        """One selection per selector, all in flight at once."""
+    async def fetch(self, storage: Storage, tenant: str,
+                    lookups: LookupCache | None = None) -> None:
+        """One selection per selector, all in flight at once (series ids from the label
+        lookup cache when ``lookups`` is given)."""
         q = self.query
         self.plan(q.node, q.start_ms, q.end_ms)
         sels = list(self.ranges)
@@ -143,7 +146,7 @@ class Evaluator:
             lo, hi = self.ranges[sel]
             found = await select.select(
                 storage, tenant, select.new_selector(sel.matchers, lo, hi),
-                self.settings.limits)
+                self.settings.limits, lookups)
             return Block.build([s.labels for s in found],
                                [(s.timestamps, s.values) for s in found])
 

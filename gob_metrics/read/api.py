@@ -28,10 +28,10 @@ from multidict import MultiDict, MultiDictProxy
 
 from gob_metrics.config import describe
 from gob_metrics.errors import BadRequest
-from gob_metrics.keys import CONFIG, OVERRIDES, STORAGE
+from gob_metrics.keys import CONFIG, LOOKUP_CACHE, OVERRIDES, STORAGE
 from gob_metrics.read import labels as lbl
 from gob_metrics.read.matchers import METRIC_NAME, Matcher, MatchType, new_matcher
-from gob_metrics.read.select import Limits
+from gob_metrics.read.select import Limits, series_ids
 from gob_metrics.tenancy import request_tenant
 
 #: the Prometheus API version this server answers like; Grafana reads it from buildinfo.
@@ -153,10 +153,14 @@ def match_params(params: MultiDictProxy[str]) -> list[list[Matcher]]:
     return [parse_selector(text) for text in params.getall("match[]", [])]
 
 
-def _series_query(request: web.Request, params: MultiDictProxy[str],
-                  selectors: Sequence[Sequence[Matcher]]) -> lbl.SeriesQuery:
+async def _series_query(request: web.Request, params: MultiDictProxy[str],
+                        selectors: Sequence[Sequence[Matcher]]) -> lbl.SeriesQuery:
+    """The request's series query, each selector's ids from the lookup cache if it has them."""
     start, end = time_range(params)
-    return lbl.SeriesQuery(request_tenant(request), selectors, start, end)
+    tenant = request_tenant(request)
+    storage, lookups = request.app[STORAGE], request.app[LOOKUP_CACHE]
+    ids = [await series_ids(storage, tenant, ms, lookups) for ms in selectors]
+    return lbl.SeriesQuery(tenant, selectors, start, end, ids)
 
 
 def success(data: Any, warnings: Sequence[str] = ()) -> web.Response:
@@ -180,7 +184,7 @@ async def series_handler(request: web.Request) -> web.Response:
     if not params.getall("match[]", []):
         raise BadRequest("no match[] parameter provided")
     limit = limit_param(params)
-    q = _series_query(request, params, match_params(params))
+    q = await _series_query(request, params, match_params(params))
     limits = Limits.of(request.app[OVERRIDES], q.tenant)
     if limit and (not limits.max_series or limit <= limits.max_series):
         found, warnings = _truncate(
@@ -194,7 +198,7 @@ async def series_handler(request: web.Request) -> web.Response:
 async def labels_handler(request: web.Request) -> web.Response:
     params = await form(request)
     limit = limit_param(params)
-    q = _series_query(request, params, match_params(params))
+    q = await _series_query(request, params, match_params(params))
     names = await lbl.label_names(request.app[STORAGE], q, limit + 1 if limit else 2**63 - 1)
     return success(*_truncate(names, limit))
 
@@ -205,7 +209,7 @@ async def label_values_handler(request: web.Request) -> web.Response:
         raise BadRequest(f"invalid label name: {name!r}")
     params = await form(request)
     limit = limit_param(params)
-    q = _series_query(request, params, match_params(params))
+    q = await _series_query(request, params, match_params(params))
     values = await lbl.label_values(request.app[STORAGE], q, name,
                                     limit + 1 if limit else 2**63 - 1)
     return success(*_truncate(values, limit))

@@ -7,6 +7,9 @@ sample in that range, as in Prometheus: the check is a semi-join on ``samples`` 
 candidate ids are the matching series, so the primary key (tenant, series_id, timestamp)
 limits it to those series' granules in the range's day partitions. Without match[] it
 reads the series_id column of every sample in the range: the price of an exact answer.
+
+A selector whose series ids the label-lookup cache gave (``SeriesQuery.ids``) is matched
+by those ids (``select.ids_condition``) instead of scanning ``series`` with its matchers.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gob_metrics.read.matchers import METRIC_NAME, Matcher
-from gob_metrics.read.select import series_condition
+from gob_metrics.read.select import ids_condition, series_condition
 from gob_metrics.storage import schema
 from gob_metrics.storage.base import Storage
 
@@ -30,13 +33,25 @@ class SeriesQuery:
     selectors: Sequence[Sequence[Matcher]] = ()
     start_ms: int | None = None
     end_ms: int | None = None
+    #: per selector, its series ids from the lookup cache, or None (match in SQL).
+    ids: Sequence[Sequence[bytes] | None] = ()
+
+
+def _selector_condition(q: SeriesQuery, j: int, params: dict[str, Any]) -> str:
+    ms = q.selectors[j]
+    ids = q.ids[j] if j < len(q.ids) else None
+    if ids is None:
+        return series_condition(ms, params, prefix=f"s{j}m")
+    if not ids:
+        return "0"
+    return ids_condition(ms, ids, params, key=f"s{j}ids")
 
 
 def _condition(q: SeriesQuery, params: dict[str, Any]) -> str:
     if not q.selectors:
         return "1"
-    return " OR ".join(f"({series_condition(ms, params, prefix=f's{j}m')})"
-                       for j, ms in enumerate(q.selectors))
+    return " OR ".join(f"({_selector_condition(q, j, params)})"
+                       for j in range(len(q.selectors)))
 
 
 def series_source(storage: Storage, q: SeriesQuery) -> tuple[str, dict[str, Any]]:

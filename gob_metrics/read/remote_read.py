@@ -18,7 +18,7 @@ import snappy
 from aiohttp import web
 
 from gob_metrics.errors import PayloadTooLarge, UnsupportedMediaType
-from gob_metrics.keys import CONFIG, OVERRIDES, STORAGE
+from gob_metrics.keys import CONFIG, LOOKUP_CACHE, OVERRIDES, STORAGE
 from gob_metrics.read import codec
 from gob_metrics.read.select import Limits, Selector, Series, SeriesRef, fetch, fetch_page, plan
 from gob_metrics.read.select import select as select_series
@@ -65,15 +65,16 @@ async def read_handler(request: web.Request) -> web.StreamResponse:
     selectors = codec.request_selectors(req, overrides.max_query_length(tenant), tenant)
     rtype = codec.negotiate_response_type(list(req.accepted_response_types))
     storage = request.app[STORAGE]
+    lookups = request.app[LOOKUP_CACHE]
     limits = Limits.of(overrides, tenant)
     if rtype == codec.SAMPLES:
         results: list[list[Series]] = []
         for sel in selectors:
-            results.append(await select_series(storage, tenant, sel, limits))
+            results.append(await select_series(storage, tenant, sel, limits, lookups))
         payload = snappy.compress(codec.encode_read_response(results))
         return web.Response(body=payload, headers={"Content-Type": codec.SAMPLES_CONTENT_TYPE,
                                                    "Content-Encoding": "snappy"})
-    plans = [await plan(storage, tenant, sel, limits) for sel in selectors]
+    plans = [await plan(storage, tenant, sel, limits, lookups) for sel in selectors]
     response = web.StreamResponse(headers={"Content-Type": codec.STREAMED_CONTENT_TYPE})
     await response.prepare(request)
     try:

@@ -15,6 +15,13 @@ subquery the primary-key index of ``samples`` uses), the samples of those ids in
 range are aggregated into one sorted array pair per series, and joined back to the
 labels. Limits are enforced in the same query: it fetches at most limit + 1 series and
 samples, so an oversized query costs no more than the limit before it is refused.
+
+With the label-lookup cache (``tenants.lookup_cache``, passed as ``lookups``) the ids a
+selector's matchers select come from the cache, and the same query takes them as a bound
+``Array(UInt128)`` instead of scanning ``series`` with the matchers: still one round trip
+on a hit. A miss costs one more (the ids are loaded, cached, then used). The cache is
+skipped, and the matchers run in SQL as without it, when it is off or bypassed (Redis
+down) or the selector matches more than ``redis.lookup_cache_max_series`` series.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from gob_metrics.read.matchers import METRIC_NAME, Matcher, MatchType, check_sel
 from gob_metrics.storage import schema
 from gob_metrics.storage.base import Storage
 from gob_metrics.tenants.limits import Overrides, limit_message
+from gob_metrics.tenants.lookup_cache import LookupCache
 
 Labels = tuple[tuple[str, str], ...]
 _UNLIMITED = 2**63 - 1
@@ -156,17 +164,38 @@ def series_condition(matchers: Sequence[Matcher], params: dict[str, object],
                         for i, m in enumerate(matchers))
 
 
-def _source(storage: Storage, selector: Selector, tenant: str) -> tuple[str, str, dict]:
-    """(series-id subquery, labels subquery, params) for a selector."""
+def ids_condition(matchers: Sequence[Matcher], ids: Sequence[bytes], params: dict[str, object],
+                  key: str = "ids") -> str:
+    """SQL selecting the ``series`` rows of known ids (cached for ``matchers``), adding the
+    bound id array. An ``__name__`` equality is kept: it is the key's prefix after the
+    tenant, so ClickHouse reads only that metric's granules (the id bloom filter does the
+    rest); every other matcher is already answered by the ids."""
+    params[key] = [int.from_bytes(i, "little") for i in ids]
+    cond = f"series_id IN {{{key}:Array(UInt128)}}"
+    for m in matchers:
+        if m.name == METRIC_NAME and m.type is MatchType.EQ:
+            params[f"{key}_name"] = m.value
+            return f"metric_name = {{{key}_name:String}} AND {cond}"
+    return cond
+
+
+def _source(storage: Storage, selector: Selector, tenant: str,
+            ids: Sequence[bytes] | None = None) -> tuple[str, str, dict]:
+    """(the right side of ``series_id IN``, labels subquery, params) for a selector: by its
+    matchers, or by the series ids the lookup cache gave for them."""
     db = storage.database
     params: dict[str, object] = {"tenant": tenant, "start": selector.start_ms,
                                  "end": selector.end_ms}
-    cond = series_condition(selector.matchers, params)
-    ids = (f"SELECT series_id FROM {db}.{schema.SERIES} "
-           f"WHERE tenant = {{tenant:String}} AND {cond}")
+    if ids is None:
+        cond = series_condition(selector.matchers, params)
+        ids_in = (f"(SELECT series_id FROM {db}.{schema.SERIES} "
+                  f"WHERE tenant = {{tenant:String}} AND {cond})")
+    else:
+        cond = ids_condition(selector.matchers, ids, params)
+        ids_in = "{ids:Array(UInt128)}"
     labels = (f"SELECT series_id, metric_name, labels FROM {db}.{schema.SERIES} "
               f"WHERE tenant = {{tenant:String}} AND {cond} LIMIT 1 BY series_id")
-    return ids, labels, params
+    return ids_in, labels, params
 
 
 def _in_range(db: str) -> str:
@@ -180,33 +209,34 @@ _ARRAYS = ("arraySort(groupArray(timestamp)) AS ts, "
            "arraySort((v, t) -> t, groupArray(value), groupArray(timestamp)) AS vals")
 
 
-def select_sql(storage: Storage, selector: Selector, tenant: str,
-               limits: Limits) -> tuple[str, dict]:
-    """The one-round-trip selection query and its parameters."""
-    ids, labels, params = _source(storage, selector, tenant)
+def select_sql(storage: Storage, selector: Selector, tenant: str, limits: Limits,
+               ids: Sequence[bytes] | None = None) -> tuple[str, dict]:
+    """The one-round-trip selection query and its parameters (``ids``: the selector's
+    series ids from the lookup cache)."""
+    ids_in, labels, params = _source(storage, selector, tenant, ids)
     params["series_cap"] = limits.series_cap
     params["samples_cap"] = limits.samples_cap
     sql = (
         "SELECT s.metric_name AS metric_name, s.labels AS labels, x.ts AS ts, x.vals AS vals "
         f"FROM (SELECT series_id, {_ARRAYS} "
         f"FROM (SELECT series_id, timestamp, value {_in_range(storage.database)} "
-        f"AND series_id IN ({ids}) LIMIT {{samples_cap:UInt64}}) "
+        f"AND series_id IN {ids_in} LIMIT {{samples_cap:UInt64}}) "
         "GROUP BY series_id LIMIT {series_cap:UInt64}) AS x "
         f"INNER JOIN ({labels}) AS s ON s.series_id = x.series_id"
     )
     return sql, params
 
 
-def plan_sql(storage: Storage, selector: Selector, tenant: str,
-             limits: Limits) -> tuple[str, dict]:
+def plan_sql(storage: Storage, selector: Selector, tenant: str, limits: Limits,
+             ids: Sequence[bytes] | None = None) -> tuple[str, dict]:
     """Series ids, labels and exact sample counts of a selection (one round trip)."""
-    ids, labels, params = _source(storage, selector, tenant)
+    ids_in, labels, params = _source(storage, selector, tenant, ids)
     params["series_cap"] = limits.series_cap
     sql = (
         "SELECT s.series_id AS series_id, s.metric_name AS metric_name, s.labels AS labels, "
         "x.n AS n "
         f"FROM (SELECT series_id, count() AS n {_in_range(storage.database)} "
-        f"AND series_id IN ({ids}) GROUP BY series_id LIMIT {{series_cap:UInt64}}) AS x "
+        f"AND series_id IN {ids_in} GROUP BY series_id LIMIT {{series_cap:UInt64}}) AS x "
         f"INNER JOIN ({labels}) AS s ON s.series_id = x.series_id"
     )
     return sql, params
@@ -233,11 +263,45 @@ def _series_id(raw: bytes) -> int:
     return int.from_bytes(raw, "little")
 
 
-async def select(storage: Storage, tenant: str, selector: Selector,
-                 limits: Limits) -> list[Series]:
+def cache_key(matchers: Sequence[Matcher]) -> list[tuple[str, str, str]]:
+    """A selector's matchers as the lookup cache keys them."""
+    return [(m.name, m.type.value, m.value) for m in matchers]
+
+
+async def series_ids(storage: Storage, tenant: str, matchers: Sequence[Matcher],
+                     lookups: LookupCache | None) -> list[bytes] | None:
+    """The ids of every series of ``tenant`` the matchers select (whatever their samples),
+    from the lookup cache, or loaded (one round trip) and cached. None when the cache
+    cannot answer: there is none, it is off or bypassed (Redis down), or the matchers
+    select more than its max-series bound; the caller then selects by the matchers."""
+    if lookups is None or not lookups.enabled:
+        return None
+    key = cache_key(matchers)
+    probe = await lookups.get(tenant, key)
+    if probe.series_ids is not None or probe.too_many or probe.epoch < 0:
+        return probe.series_ids
+    db = storage.database
+    params: dict[str, object] = {"tenant": tenant, "cap": lookups.max_series + 1}
+    cond = series_condition(matchers, params)
+    table = await storage.query(
+        f"SELECT DISTINCT series_id FROM {db}.{schema.SERIES} "
+        f"WHERE tenant = {{tenant:String}} AND {cond} LIMIT {{cap:UInt64}}", params)
+    ids = table.column("series_id").to_pylist() if table.num_rows else []
+    # Cached under the epoch read before the load: a series registered since has moved
+    # the epoch, so if this load missed it the entry is never read.
+    await lookups.put(tenant, key, probe.epoch, ids)
+    return ids if len(ids) <= lookups.max_series else None
+
+
+async def select(storage: Storage, tenant: str, selector: Selector, limits: Limits,
+                 lookups: LookupCache | None = None) -> list[Series]:
     """Every series of ``tenant`` matching ``selector`` with samples in its range, sorted
-    by labels, each with its deduplicated samples ordered by time. One round trip."""
-    sql, params = select_sql(storage, selector, tenant, limits)
+    by labels, each with its deduplicated samples ordered by time. One round trip (two
+    on a lookup-cache miss)."""
+    ids = await series_ids(storage, tenant, selector.matchers, lookups)
+    if ids is not None and not ids:
+        return []
+    sql, params = select_sql(storage, selector, tenant, limits, ids)
     table = await storage.query(sql, params)
     if table.num_rows == 0:
         return []
@@ -253,11 +317,14 @@ async def select(storage: Storage, tenant: str, selector: Selector,
     return out
 
 
-async def plan(storage: Storage, tenant: str, selector: Selector,
-               limits: Limits) -> list[SeriesRef]:
+async def plan(storage: Storage, tenant: str, selector: Selector, limits: Limits,
+               lookups: LookupCache | None = None) -> list[SeriesRef]:
     """The series a selection would return, sorted by labels, with their sample counts;
     both limits are checked before any sample is fetched."""
-    sql, params = plan_sql(storage, selector, tenant, limits)
+    ids = await series_ids(storage, tenant, selector.matchers, lookups)
+    if ids is not None and not ids:
+        return []
+    sql, params = plan_sql(storage, selector, tenant, limits, ids)
     table = await storage.query(sql, params)
     if table.num_rows == 0:
         return []

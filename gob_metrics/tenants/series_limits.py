@@ -40,8 +40,10 @@ log = logging.getLogger(__name__)
 REASON_PER_USER = "per_user_series_limit"
 REASON_PER_METRIC = "per_metric_series_limit"
 
-# KEYS: the tenant's set of ids, per-metric counts (hash), total count, lookup epoch.
+# KEYS: the tenant's set of ids, per-metric counts (hash), total count.
 # ARGV: id, metric name, id, metric name, ... Adds each id once; counts only the new ones.
+# (The lookup epoch is moved by registered() before the write is acknowledged, not here:
+# this push runs in the background, after the writer has answered.)
 _REGISTER_LUA = """
 local added = 0
 for i = 1, #ARGV, 2 do
@@ -52,7 +54,6 @@ for i = 1, #ARGV, 2 do
 end
 if added > 0 then
   redis.call('INCRBY', KEYS[3], added)
-  redis.call('INCR', KEYS[4])
 end
 return added
 """
@@ -224,11 +225,12 @@ class SeriesRegistry:
         remote_metric = {m: int(c) for m, c in zip(metrics, metric_counts, strict=True) if c}
         return int(total or 0), remote_metric
 
-    def registered(self, series: Sequence[NewSeries]) -> None:
-        """Called by the writer once the rows of ``series`` are durable."""
+    async def registered(self, series: Sequence[NewSeries]) -> None:
+        """Called by the writer once the rows of ``series`` are durable, before the write
+        is acknowledged: a query sent after the answer must not get a cached lookup made
+        before these series existed (read-your-writes through the lookup cache)."""
         self.cache.add_many([(s.key, s.entry) for s in series])
-        for tenant in {s.key[0] for s in series}:
-            self.lookups.bump_local(tenant)
+        await self.lookups.new_series({s.key[0] for s in series})
         if self.redis.enabled:
             self._backlog.extend((s.key[0], s.series_id, s.metric_name) for s in series)
             self._wake.set()
@@ -241,16 +243,15 @@ class SeriesRegistry:
         if self.redis.enabled:
             keys = self._keys(tenant)
             with contextlib.suppress(RedisUnavailable):
-                await self.redis.call("series_forget", lambda c: c.delete(*keys[:3]))
+                await self.redis.call("series_forget", lambda c: c.delete(*keys))
         await self.refresh_counts()
 
     # -- pushing registrations to Redis (in the background: never on the request's path)
 
-    def _keys(self, tenant: str) -> tuple[str, str, str, str]:
+    def _keys(self, tenant: str) -> tuple[str, str, str]:
         base = (self.namespace, "{" + tenant + "}")
         k = self.redis.key
-        return (k(*base, "series"), k(*base, "series_per_metric"), k(*base, "series_total"),
-                k(*base, "epoch"))
+        return k(*base, "series"), k(*base, "series_per_metric"), k(*base, "series_total")
 
     async def _push_loop(self) -> None:
         while True:

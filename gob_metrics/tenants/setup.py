@@ -35,8 +35,11 @@ def install(app: web.Application) -> None:
     registry = app[METRICS].registry
     redis = RedisLayer(cfg.redis, registry)
     overrides = Overrides(cfg.limits)
+    # Without Redis, lookups are cached in process only on the embedded engine, whose data
+    # no other process writes (a ClickHouse server may have other replicas writing to it).
     lookups = LookupCache(redis, registry, cfg.redis.lookup_cache_ttl,
-                          cfg.redis.lookup_cache_max_series)
+                          cfg.redis.lookup_cache_max_series,
+                          local=not cfg.storage.clickhouse.url)
     app[AUTH] = Authenticator(cfg.tenancy)
     app[REDIS] = redis
     app[OVERRIDES] = overrides

@@ -80,7 +80,7 @@ def metadata_table(batch: Batch, now_ms: int) -> pa.Table | None:
 class SeriesSink(Protocol):
     """Learns of series whose rows are durable (tenants.series_limits.SeriesRegistry)."""
 
-    def registered(self, series: Sequence[NewSeries]) -> None: ...
+    async def registered(self, series: Sequence[NewSeries]) -> None: ...
 
 
 class Writer:
@@ -111,5 +111,5 @@ class Writer:
         self.metrics.batch_samples.observe(samples.num_rows)
         new = [s for p in batch.parts for s in p.new_series]
         if new:
-            self.registry.registered(new)
+            await self.registry.registered(new)
             self.metrics.series_created.inc(series.num_rows if series is not None else 0)
