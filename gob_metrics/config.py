@@ -177,6 +177,37 @@ class Limits:
     max_query_length: Duration = 0.0
     #: sub-queries of one query run at once.
     max_query_parallelism: int = 14
+    # The SQL gateway's limits per tenant (no Mimir equivalent): each is the same setting as
+    # sql.<name without sql_>, whose value is every tenant's default (see SQL_TENANT_LIMITS).
+    #: time one SQL gateway query may run (0: unlimited).
+    sql_max_execution_time: Duration = 10.0
+    #: memory one SQL gateway query may use (0: unlimited).
+    sql_max_memory_usage: ByteSize = 512 * 1024 * 1024
+    #: rows one SQL gateway query may read (0: unlimited).
+    sql_max_rows_to_read: int = 100_000_000
+    #: rows in one SQL gateway result (0: unlimited).
+    sql_max_result_rows: int = 1_000_000
+    #: bytes in one SQL gateway result (0: unlimited).
+    sql_max_result_bytes: ByteSize = 128 * 1024 * 1024
+    #: SQL gateway queries a tenant may run at once, per replica (0: unlimited).
+    sql_max_concurrent_queries: int = 2
+    #: SQL gateway queries per second a tenant may start (token bucket; 0: unlimited).
+    sql_query_rate: float = 5.0
+    #: token bucket size of sql_query_rate.
+    sql_query_burst_size: int = 10
+
+
+#: per-tenant limit -> the sql.* setting that is its default for every tenant.
+SQL_TENANT_LIMITS = {
+    "sql_max_execution_time": "max_execution_time",
+    "sql_max_memory_usage": "max_memory_usage",
+    "sql_max_rows_to_read": "max_rows_to_read",
+    "sql_max_result_rows": "max_result_rows",
+    "sql_max_result_bytes": "max_result_bytes",
+    "sql_max_concurrent_queries": "max_concurrent_queries",
+    "sql_query_rate": "query_rate",
+    "sql_query_burst_size": "query_burst_size",
+}
 
 
 @dataclass
@@ -303,6 +334,7 @@ class Config:
                f"at least write.batch_max_samples={self.write.batch_max_samples}")
         check_limits(self.limits, "limits")
         _check_sql(self.sql)
+        _link_sql_limits(self)
         for f in dataclasses.fields(self.query):
             _check(getattr(self.query, f.name) >= 0, f"query.{f.name}",
                    getattr(self.query, f.name), "zero (no limit) or more")
@@ -338,6 +370,23 @@ def _check_sql(sql: SqlConfig) -> None:
             _check(value >= 0, "sql.query_rate", value, "zero (no limit) or more")
         else:
             _check(value > 0, f"sql.{f.name}", value, "a positive number")
+
+
+def _link_sql_limits(cfg: Config) -> None:
+    """Make ``sql.<key>`` and ``limits.sql_<key>`` one setting. The first is the gateway's
+    own key, the second the per-tenant limit's (what overrides replace): whichever of the
+    two was changed from its default is the value of both; both changed to different values
+    is an error naming both."""
+    sql_defaults, limit_defaults = SqlConfig(), Limits()
+    for limit, key in SQL_TENANT_LIMITS.items():
+        a, b = getattr(cfg.sql, key), getattr(cfg.limits, limit)
+        a_set, b_set = a != getattr(sql_defaults, key), b != getattr(limit_defaults, limit)
+        if a_set and b_set and a != b:
+            raise ConfigError(f"sql.{key}={a!r} and limits.{limit}={b!r} are the same setting "
+                              f"(every tenant's default of {limit}): set one of them")
+        value = b if b_set else a
+        setattr(cfg.sql, key, value)
+        setattr(cfg.limits, limit, value)
 
 
 def _check_tenancy(t: TenancyConfig) -> None:

@@ -12,12 +12,13 @@ unmodified as the reference.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +26,19 @@ import pyarrow as pa
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
 
 from gob_metrics.app import build_app
-from gob_metrics.config import load_config
+from gob_metrics.config import SQL_TENANT_LIMITS, RedisConfig, SqlConfig, load_config
 from gob_metrics.errors import TooManyRequests
 from gob_metrics.gateway.encode import Encoder
-from gob_metrics.gateway.handler import ADMISSION, negotiate
-from gob_metrics.gateway.limits import Admission
+from gob_metrics.gateway.handler import ADMISSION, negotiate, sql_limits
+from gob_metrics.gateway.limits import Admission, clickhouse_settings
 from gob_metrics.gateway.validate import Bounds, QueryRejected, check, parse
-from gob_metrics.keys import CONFIG, METRICS, STORAGE
+from gob_metrics.keys import CONFIG, METRICS, OVERRIDES, STORAGE
+from gob_metrics.tenants.limits import parse_overrides
+from gob_metrics.tenants.ratelimit import TokenBuckets
+from gob_metrics.tenants.redis_layer import RedisLayer
 from tests.conftest import CLICKHOUSE_URL
 
 # Every async test shares the module's event loop, where the app runs.
@@ -621,11 +626,25 @@ async def test_bad_requests(env: Env, body: bytes, headers: dict[str, str], stat
 
 # ----------------------------------------------------------------------- admission
 
+@contextlib.contextmanager
+def tenant_overrides(env: Env, values: dict[str, dict[str, Any]]) -> Iterator[None]:
+    """Per-tenant limits as the overrides file would set them, for the block only."""
+    overrides = env.app[OVERRIDES]
+    saved = overrides.layer("file")
+    overrides.set_layer("file", parse_overrides(values, "overrides"))
+    try:
+        yield
+    finally:
+        overrides.set_layer("file", saved)
+        env.app[ADMISSION].buckets.local._buckets.clear()
+
+
 @ASYNC
-async def test_query_rate_limit_is_429_with_retry_after(env: Env) -> None:
-    admission: Admission = env.app[ADMISSION]
-    saved = (admission.rate, admission.burst)
-    admission.rate, admission.burst = 0.5, 2
+async def test_query_rate_limit_is_429_with_retry_after(env: Env,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = env.app[CONFIG]
+    monkeypatch.setattr(cfg, "sql", dataclasses.replace(cfg.sql, query_rate=0.5,
+                                                        query_burst_size=2))
     try:
         statuses = []
         for _ in range(3):
@@ -633,43 +652,127 @@ async def test_query_rate_limit_is_429_with_retry_after(env: Env) -> None:
             statuses.append(resp.status)
         assert statuses == [200, 200, 429]
         assert int(resp.headers["Retry-After"]) >= 1
-        assert "sql.query_rate" in await resp.text()
+        text = await resp.text()
+        assert "sql.query_rate=0.5/s (burst sql.query_burst_size=2)" in text, text
     finally:
-        admission.rate, admission.burst = saved
-        admission._buckets.clear()
+        env.app[ADMISSION].buckets.local._buckets.clear()
+
+
+@ASYNC
+async def test_query_rate_per_tenant_override(env: Env) -> None:
+    with tenant_overrides(env, {TENANT: {"sql_query_rate": "0.5", "sql_query_burst_size": 1},
+                                OTHER: {"sql_query_rate": 100}}):
+        statuses = []
+        for _ in range(2):
+            resp = await env.client.post("/api/v1/sql", data="SELECT 1")
+            statuses.append(resp.status)
+        assert statuses == [200, 429]
+        assert ("sql_query_rate=0.5/s for tenant 'anonymous' (burst sql_query_burst_size=1 "
+                "for tenant 'anonymous')") in await resp.text()
 
 
 @ASYNC
 async def test_concurrency_limit_is_429(env: Env) -> None:
     admission: Admission = env.app[ADMISSION]
-    saved = admission.max_concurrent
-    admission.max_concurrent = 1
-    try:
-        with admission.running(TENANT):
+    with tenant_overrides(env, {TENANT: {"sql_max_concurrent_queries": 1}}):
+        with admission.running(TENANT, sql_limits(env.app, TENANT)):
             resp = await env.client.post("/api/v1/sql", data="SELECT 1")
             assert resp.status == 429 and "Retry-After" in resp.headers
-            assert "sql.max_concurrent_queries=1" in await resp.text()
+            assert ("sql_max_concurrent_queries=1 for tenant 'anonymous'"
+                    in await resp.text())
         resp = await env.client.post("/api/v1/sql", data="SELECT 1")
         assert resp.status == 200
-    finally:
-        admission.max_concurrent = saved
 
 
-def test_token_bucket_refills() -> None:
+async def test_token_bucket_refills() -> None:
     now = [0.0]
-    admission = Admission(rate=2.0, burst=2, max_concurrent=1, clock=lambda: now[0])
-    admission.take("t")
-    admission.take("t")
+    registry = CollectorRegistry()
+    buckets = TokenBuckets(RedisLayer(RedisConfig(), registry), "sql_rate", "sql_rate_limit",
+                           clock=lambda: now[0])
+    admission = Admission(buckets)
+    limits = SqlConfig(query_rate=2.0, query_burst_size=2, max_concurrent_queries=1)
+    await admission.take("t", limits)
+    await admission.take("t", limits)
     with pytest.raises(TooManyRequests) as exc:
-        admission.take("t")
+        await admission.take("t", limits)
     assert exc.value.retry_after == pytest.approx(0.5)
-    admission.take("u")  # other tenants have their own bucket
+    await admission.take("u", limits)  # other tenants have their own bucket
     now[0] = 0.5
-    admission.take("t")
-    with admission.running("t"), pytest.raises(TooManyRequests):
-        admission.running("t").__enter__()
-    with admission.running("t"):
+    await admission.take("t", limits)
+    with admission.running("t", limits), pytest.raises(TooManyRequests):
+        admission.running("t", limits).__enter__()
+    with admission.running("t", limits):
         pass
+    unlimited = SqlConfig(query_rate=0.0, max_concurrent_queries=0)
+    for _ in range(10):
+        await admission.take("t", unlimited)
+    with admission.running("t", unlimited), admission.running("t", unlimited):
+        pass
+
+
+# ------------------------------------------------------------ per-tenant limits
+
+# (override, query, status, text in the answer): the override applies, is named in the
+# error, and 0 disables a limit.
+PER_TENANT = [
+    ("result-rows", {"sql_max_result_rows": 5}, "SELECT number FROM numbers(10)", 422,
+     "result exceeded sql_max_result_rows=5 for tenant 'anonymous' rows"),
+    ("result-rows-raised", {"sql_max_result_rows": 20_000}, "SELECT number FROM numbers(15000)",
+     200, '"stats":{"rows":15000}'),
+    ("result-rows-off", {"sql_max_result_rows": 0}, "SELECT number FROM numbers(15000)", 200,
+     '"stats":{"rows":15000}'),
+    ("rows-to-read", {"sql_max_rows_to_read": 1000}, "SELECT count() FROM numbers(100000)", 422,
+     "sql_max_rows_to_read=1000 for tenant 'anonymous'"),
+    ("result-bytes", {"sql_max_result_bytes": "1KiB"},
+     "SELECT repeat('x', 100) FROM numbers(100)", 422,
+     "sql_max_result_bytes=1024 for tenant 'anonymous'"),
+    ("execution-time", {"sql_max_execution_time": "100ms"},
+     "SELECT count() FROM numbers(200000) AS a, numbers(200000) AS b", 422,
+     "sql_max_execution_time=0.1s for tenant 'anonymous'"),
+    ("memory", {"sql_max_memory_usage": "16MiB"},
+     "SELECT arrayMap(x -> range(100000), range(100))", 422,
+     "sql_max_memory_usage=16777216 for tenant 'anonymous'"),
+    ("other-tenant", {}, "SELECT number FROM numbers(10)", 200, '"stats":{"rows":10}'),
+]
+
+
+@pytest.mark.parametrize(("values", "sql", "status", "needle"),
+                         [pytest.param(v, q, st, n, id=i) for i, v, q, st, n in PER_TENANT])
+@ASYNC
+async def test_per_tenant_sql_limits(env: Env, values: dict[str, Any], sql: str, status: int,
+                                     needle: str) -> None:
+    # "other-tenant": another tenant's tiny limit does not apply to this one.
+    overrides = {TENANT: values} if values else {OTHER: {"sql_max_result_rows": 1}}
+    with tenant_overrides(env, overrides):
+        got, text = await post(env, sql)
+    assert got == status, text[-300:]
+    assert needle in text, text[-300:]
+    assert (await post(env, "SELECT number FROM numbers(15000)"))[0] == 422  # back to default
+
+
+def test_sql_limits_merge_overrides(env: Env) -> None:
+    """Every per-tenant sql_* limit replaces its sql.* setting, in the settings ClickHouse
+    gets too; a tenant without overrides runs with the sql.* settings."""
+    values = {"sql_max_execution_time": "3s", "sql_max_memory_usage": "1MiB",
+              "sql_max_rows_to_read": 7, "sql_max_result_rows": 8,
+              "sql_max_result_bytes": 9, "sql_max_concurrent_queries": 3,
+              "sql_query_rate": 0.25, "sql_query_burst_size": 4}
+    assert set(values) == set(SQL_TENANT_LIMITS)
+    with tenant_overrides(env, {"t": values}):
+        limits = sql_limits(env.app, "t")
+        default = sql_limits(env.app, TENANT)
+    assert (limits.max_execution_time, limits.max_memory_usage, limits.max_rows_to_read,
+            limits.max_result_rows, limits.max_result_bytes, limits.max_concurrent_queries,
+            limits.query_rate, limits.query_burst_size) == (3.0, 1 << 20, 7, 8, 9, 3, 0.25, 4)
+    assert limits.overridden == frozenset(SQL_TENANT_LIMITS.values())
+    assert limits.max_query_bytes == env.app[CONFIG].sql.max_query_bytes  # not per tenant
+    settings = clickhouse_settings(limits)
+    assert (settings["max_execution_time"], settings["max_memory_usage"],
+            settings["max_rows_to_read"], settings["max_result_rows"],
+            settings["max_result_bytes"]) == (3.0, 1 << 20, 7, 8, 9)
+    assert default.overridden == frozenset()
+    assert dataclasses.asdict(default) == {**dataclasses.asdict(env.app[CONFIG].sql),
+                                           "tenant": TENANT, "overridden": frozenset()}
 
 
 @ASYNC

@@ -308,6 +308,50 @@ def test_limits_cli_with_overrides_file(tmp_path: Path, capsys: Any) -> None:
     assert "nowhere to keep overrides" in capsys.readouterr().err
 
 
+def test_sql_gateway_limits_per_tenant_cli(tmp_path: Path, capsys: Any) -> None:
+    """The SQL gateway's limits are per-tenant limits too (limits.sql_*), whose defaults are
+    the sql.* settings."""
+    path = tmp_path / "o.yaml"
+    flags = ["--set", f"tenancy.overrides_file={path}", "--data-dir", str(tmp_path),
+             "--set", "sql.max_execution_time=3s"]
+    assert cli("limits", "set", "team-a", "sql_max_execution_time", "5s", *flags) == 0
+    assert cli("limits", "set", "team-a", "sql_max_memory_usage", "1GiB", *flags) == 0
+    assert cli("limits", "set", "team-a", "sql_query_rate", "0", *flags) == 0
+    assert yaml.safe_load(path.read_text()) == {"overrides": {"team-a": {
+        "sql_max_execution_time": "5s", "sql_max_memory_usage": "1GiB", "sql_query_rate": 0}}}
+    capsys.readouterr()
+    assert cli("limits", "show", "team-a", *flags) == 0
+    out = capsys.readouterr().out
+    assert "sql_max_execution_time: 5s  # file" in out
+    assert "sql_max_memory_usage: 1073741824  # file" in out
+    assert "sql_query_rate: 0  # file" in out
+    assert "sql_max_result_rows: 1000000  # default" in out
+    assert cli("limits", "show", "team-b", *flags) == 0
+    assert "sql_max_execution_time: 3s  # default" in capsys.readouterr().out  # sql.* setting
+    assert cli("limits", "set", "team-a", "sql_max_execution_time", "forever", *flags) == 2
+
+
+@pytest.mark.parametrize(("settings", "expected"), [
+    ({}, (10.0, 10.0)),
+    ({"sql.max_execution_time": "5s"}, (5.0, 5.0)),
+    ({"limits.sql_max_execution_time": "5s"}, (5.0, 5.0)),
+    ({"limits.sql_max_execution_time": "0"}, (0.0, 0.0)),  # 0: no limit, as every limit
+    ({"sql.max_execution_time": "5s", "limits.sql_max_execution_time": "5s"}, (5.0, 5.0)),
+    ({"sql.max_execution_time": "5s", "limits.sql_max_execution_time": "6s"},
+     "sql.max_execution_time=5.0 and limits.sql_max_execution_time=6.0 are the same setting"),
+], ids=["defaults", "sql-key", "limits-key", "limits-key-off", "both-equal", "both-differ"])
+def test_sql_keys_and_tenant_defaults_are_one_setting(settings: dict[str, str],
+                                                      expected: Any) -> None:
+    from gob_metrics.config import load_config
+
+    if isinstance(expected, str):
+        with pytest.raises(ConfigError, match=expected):
+            load_config(env={}, overrides=settings)
+        return
+    cfg = load_config(env={}, overrides=settings)
+    assert (cfg.sql.max_execution_time, cfg.limits.sql_max_execution_time) == expected
+
+
 def test_hash_secret_cli(monkeypatch: Any, capsys: Any) -> None:
     import io
 

@@ -176,6 +176,45 @@ async def test_two_replicas_share_rate_limit_and_see_overrides_within_1s(
             await asyncio.sleep(0.02)
 
 
+async def test_two_replicas_share_sql_query_rate(tmp_path: Path, redis_url: str) -> None:
+    """The SQL gateway's query rate is one bucket per tenant across replicas, and a runtime
+    override of it (limits set TENANT sql_query_rate ...) reaches both within 1 s."""
+    limits = ["--set", "sql.query_rate=0.01", "--set", "sql.query_burst_size=3"]
+    a = Replica(tmp_path / "a", redis_url, *limits)
+    b = Replica(tmp_path / "b", redis_url, *limits)
+    try:
+        for r in (a, b):
+            wait_port(r.port, 60, r.proc)
+        urls = [f"http://127.0.0.1:{r.port}/api/v1/sql" for r in (a, b)]
+
+        async def query(session: aiohttp.ClientSession, url: str,
+                        tenant: str = "team-a") -> tuple[int, str]:
+            async with session.post(url, data="SELECT 1",
+                                    headers={"X-Scope-OrgID": tenant}) as resp:
+                return resp.status, await resp.text()
+
+        async with aiohttp.ClientSession() as session:
+            # Three tokens for team-a in all: each replica alone would admit three.
+            got = [await query(session, urls[i % 2]) for i in range(4)]
+            assert [status for status, _ in got] == [200, 200, 200, 429], got
+            assert "sql.query_rate=0.01/s" in got[3][1]
+            assert (await query(session, urls[0]))[0] == 429
+            assert (await query(session, urls[1], "team-b"))[0] == 200  # its own bucket
+            assert cli("limits", "set", "team-a", "sql_query_rate", "0",
+                       "--redis-url", redis_url) == 0
+            changed = time.monotonic()
+            pending = set(urls)
+            while pending:
+                for url in sorted(pending):
+                    if (await query(session, url))[0] == 200:
+                        pending.discard(url)
+                assert time.monotonic() - changed < 1.0, f"{pending} kept the old rate"
+                await asyncio.sleep(0.02)
+    finally:
+        a.stop()
+        b.stop()
+
+
 # ---------------------------------------------------------------- in-process apps
 
 @pytest.fixture
@@ -206,6 +245,47 @@ async def test_distributed_token_bucket_is_atomic(redis_url: str) -> None:
         results = await asyncio.gather(*[take(limiters[i % 8]) for i in range(400)])
         assert sum(results) == 100
         assert all(layer.up for layer in layers)
+    finally:
+        for layer in layers:
+            await layer.close()
+
+
+async def test_distributed_sql_query_rate_is_atomic(redis_url: str) -> None:
+    """Eight gateways' admissions (as if eight replicas) race for one tenant's query bucket:
+    exactly burst queries are admitted, each refusal names the limit and the tenant."""
+    from prometheus_client import CollectorRegistry
+
+    from gob_metrics.config import SqlConfig
+    from gob_metrics.errors import TooManyRequests
+    from gob_metrics.gateway.limits import Admission
+    from gob_metrics.tenants.ratelimit import TokenBuckets
+
+    layers = [RedisLayer(RedisConfig(url=redis_url, timeout=5.0), CollectorRegistry())
+              for _ in range(8)]
+    for layer in layers:
+        await layer.start()
+    try:
+        gates = [Admission(TokenBuckets(layer, "sql_rate", "sql_rate_limit"))
+                 for layer in layers]
+        limits = SqlConfig(query_rate=0.001, query_burst_size=25)
+        refusals: list[str] = []
+
+        async def take(gate: Admission) -> int:
+            try:
+                await gate.take("t", limits)
+                return 1
+            except TooManyRequests as exc:
+                refusals.append(str(exc))
+                return 0
+
+        results = await asyncio.gather(*[take(gates[i % 8]) for i in range(100)])
+        assert sum(results) == 25
+        assert all(layer.up for layer in layers)
+        assert "tenant 't' over its query rate: sql.query_rate=0.001/s" in refusals[0]
+        # The ingestion bucket of the same tenant is another key: untouched.
+        r = redis_client(redis_url)
+        assert r.exists("gob:sql_rate:{t}") and not r.exists("gob:rate:{t}")
+        r.close()
     finally:
         for layer in layers:
             await layer.close()

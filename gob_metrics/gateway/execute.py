@@ -129,14 +129,17 @@ class Output:
                 # ClickHouse enforces these too; counting here as well keeps them exact
                 # whatever a transport or a UNION does with the settings.
                 self._bytes += batch.nbytes
-                if self.encoder.rows + batch.num_rows > self._cfg.max_result_rows:
+                max_rows, max_bytes = self._cfg.max_result_rows, self._cfg.max_result_bytes
+                if max_rows and self.encoder.rows + batch.num_rows > max_rows:
+                    shown = limits_mod.setting(self._cfg, "max_result_rows", str(max_rows))
                     raise limits_mod.LimitExceeded(
-                        f"result exceeded sql.max_result_rows={self._cfg.max_result_rows} rows",
-                        "sql.max_result_rows")
-                if self._bytes > self._cfg.max_result_bytes:
+                        f"result exceeded {shown} rows",
+                        limits_mod.limit_key(self._cfg, "max_result_rows"))
+                if max_bytes and self._bytes > max_bytes:
+                    shown = limits_mod.setting(self._cfg, "max_result_bytes", str(max_bytes))
                     raise limits_mod.LimitExceeded(
-                        f"result exceeded sql.max_result_bytes={self._cfg.max_result_bytes}",
-                        "sql.max_result_bytes")
+                        f"result exceeded {shown}",
+                        limits_mod.limit_key(self._cfg, "max_result_bytes"))
                 chunk = self.encoder.batch(batch)
                 if chunk:
                     yield chunk

@@ -13,6 +13,7 @@ without the final chunk, so no client mistakes a cut result for a whole one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -22,7 +23,7 @@ from aiohttp import web
 from multidict import MultiMapping
 from prometheus_client import CollectorRegistry, Counter
 
-from gob_metrics.config import SqlConfig
+from gob_metrics.config import SQL_TENANT_LIMITS, SqlConfig
 from gob_metrics.errors import (
     BadRequest,
     GobError,
@@ -32,9 +33,10 @@ from gob_metrics.errors import (
 )
 from gob_metrics.gateway.encode import FORMATS
 from gob_metrics.gateway.execute import prepare, run
-from gob_metrics.gateway.limits import Admission, LimitExceeded
-from gob_metrics.keys import CONFIG, METRICS, STORAGE
+from gob_metrics.gateway.limits import Admission, LimitExceeded, SqlLimits
+from gob_metrics.keys import CONFIG, METRICS, OVERRIDES, REDIS, STORAGE
 from gob_metrics.tenancy import request_tenant
+from gob_metrics.tenants.ratelimit import TokenBuckets
 
 
 class GatewayMetrics:
@@ -62,17 +64,22 @@ _ACCEPT = {"text/csv": "csv", "text/tab-separated-values": "tsv", "application/j
 
 
 def register(app: web.Application) -> None:
-    """Add the SQL gateway's route and its per-tenant admission state to ``app``."""
-    cfg = app[CONFIG].sql
-    app[ADMISSION] = Admission(rate=cfg.query_rate, burst=cfg.query_burst_size,
-                               max_concurrent=cfg.max_concurrent_queries)
+    """Add the SQL gateway's route and its per-tenant admission state to ``app`` (after
+    the tenancy objects: the query rate's buckets live in Redis when it is configured)."""
+    app[ADMISSION] = Admission(TokenBuckets(app[REDIS], "sql_rate", "sql_rate_limit"))
     app[GATEWAY_METRICS] = GatewayMetrics(app[METRICS].registry)
     app.router.add_post("/api/v1/sql", sql_handler)
 
 
-def sql_limits(app: web.Application, tenant: str) -> SqlConfig:
-    """The gateway limits of ``tenant``: the one place per-tenant overrides will plug in."""
-    return app[CONFIG].sql
+def sql_limits(app: web.Application, tenant: str) -> SqlLimits:
+    """The gateway limits of ``tenant``: the ``sql.*`` settings with the tenant's overrides
+    of ``limits.sql_*`` (overrides file, Redis) applied."""
+    overrides = app[OVERRIDES]
+    limits = overrides.for_tenant(tenant)
+    values = {key: getattr(limits, name) for name, key in SQL_TENANT_LIMITS.items()
+              if overrides.source_of(tenant, name) != "default"}
+    return SqlLimits(**{**dataclasses.asdict(app[CONFIG].sql), **values}, tenant=tenant,
+                     overridden=frozenset(values))
 
 
 def _outcome(exc: BaseException | None) -> str:
@@ -115,12 +122,12 @@ async def _answer(request: web.Request, state: _State) -> web.StreamResponse:
     cfg = sql_limits(request.app, tenant)
     text, params, fmt = await read_request(request, cfg)
     admission = request.app[ADMISSION]
-    admission.take(tenant)
+    await admission.take(tenant, cfg)
     config = request.app[CONFIG]
     storage = request.app[STORAGE]
     query = prepare(text, params, tenant, cfg, storage.database,
                     cluster=bool(config.storage.clickhouse.cluster))
-    with admission.running(tenant):
+    with admission.running(tenant, cfg):
         async with run(storage, query, fmt, cfg) as out:
             held: list[bytes] = []
             size = 0

@@ -2,6 +2,11 @@
 rate limit and concurrency, and the translation of ClickHouse limit errors into 422s that
 name the setting to change.
 
+Each query runs with its tenant's limits (:class:`SqlLimits`, built by
+``handler.sql_limits``): the ``sql.*`` settings with the tenant's overrides of the
+``limits.sql_*`` limits applied. An error names the per-tenant limit when an override set
+it (``sql_max_execution_time=5s for tenant 'team-a'``), else the setting (``sql.max_...``).
+
 Status codes, in one place:
 
 * 400 ``bad_data``: the query is rejected before it runs (validate.py) or ClickHouse
@@ -18,14 +23,15 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from gob_metrics.config import SqlConfig
 from gob_metrics.errors import BadRequest, GobError, TooManyRequests
 from gob_metrics.storage.base import StorageError
+from gob_metrics.tenants.limits import format_duration
+from gob_metrics.tenants.ratelimit import TokenBuckets
 
 # ClickHouse error codes of its query limits.
 _TOO_MANY_ROWS = 158  # max_rows_to_read
@@ -56,15 +62,42 @@ class LimitExceeded(GobError):
 
     def __init__(self, message: str, limit: str):
         super().__init__(message)
-        #: the configuration key of the limit, e.g. ``sql.max_execution_time``.
+        #: the key of the limit: ``sql.max_execution_time``, or the per-tenant
+        #: ``sql_max_execution_time`` when the tenant's override set it.
         self.limit = limit
+
+
+@dataclass
+class SqlLimits(SqlConfig):
+    """The ``sql.*`` settings one tenant's queries run with: its overrides applied."""
+
+    tenant: str = ""
+    #: the ``sql.*`` keys (without ``sql.``) whose value is a per-tenant override.
+    overridden: frozenset[str] = frozenset()
+
+
+def limit_key(limits: SqlConfig, key: str) -> str:
+    """The name of limit ``key`` (a ``sql.*`` key without ``sql.``) for ``limits``: the
+    per-tenant ``sql_<key>`` if the tenant's override set it, else ``sql.<key>``."""
+    if isinstance(limits, SqlLimits) and key in limits.overridden:
+        return f"sql_{key}"
+    return f"sql.{key}"
+
+
+def setting(limits: SqlConfig, key: str, shown: str) -> str:
+    """``sql.max_result_rows=1000`` or ``sql_max_result_rows=10 for tenant 'a'``."""
+    name = limit_key(limits, key)
+    if name.startswith("sql_") and isinstance(limits, SqlLimits):
+        return f"{name}={shown} for tenant {limits.tenant!r}"
+    return f"{name}={shown}"
 
 
 def clickhouse_settings(limits: SqlConfig, *, cluster: bool = False) -> dict[str, Any]:
     """Settings sent with every gateway query.
 
     readonly=1 forbids writes and any further change of settings; the *_overflow_mode
-    settings make every limit an error, never a silently truncated answer.
+    settings make every limit an error, never a silently truncated answer. A limit of 0
+    (a tenant's override disabling it) is ClickHouse's own "unlimited".
     """
     settings: dict[str, Any] = {
         "max_execution_time": limits.max_execution_time,
@@ -97,21 +130,25 @@ def translate(exc: StorageError, limits: SqlConfig) -> GobError:
     code_name = f" {m.group(1)}" if m else ""
     text = _CODE_NAME.sub("", _strip(str(exc))).strip().rstrip(".")
     if code in (_TIMEOUT_EXCEEDED, _TOO_SLOW):
-        return LimitExceeded(f"query exceeded sql.max_execution_time="
-                             f"{limits.max_execution_time:g}s ({text})",
-                             "sql.max_execution_time")
+        shown = format_duration(limits.max_execution_time)
+        return LimitExceeded(f"query exceeded {setting(limits, 'max_execution_time', shown)} "
+                             f"({text})", limit_key(limits, "max_execution_time"))
     if code == _MEMORY_LIMIT_EXCEEDED and "(total)" not in text:
-        return LimitExceeded(f"query exceeded sql.max_memory_usage={limits.max_memory_usage} "
-                             f"bytes ({text})", "sql.max_memory_usage")
+        shown = str(limits.max_memory_usage)
+        return LimitExceeded(f"query exceeded {setting(limits, 'max_memory_usage', shown)} "
+                             f"bytes ({text})", limit_key(limits, "max_memory_usage"))
     if code in (_TOO_MANY_ROWS, _TOO_MANY_BYTES):
-        return LimitExceeded(f"query read more than sql.max_rows_to_read="
-                             f"{limits.max_rows_to_read} rows ({text})", "sql.max_rows_to_read")
+        shown = str(limits.max_rows_to_read)
+        return LimitExceeded(f"query read more than {setting(limits, 'max_rows_to_read', shown)} "
+                             f"rows ({text})", limit_key(limits, "max_rows_to_read"))
     if code == _TOO_MANY_ROWS_OR_BYTES:
         if "max bytes" in text:
-            return LimitExceeded(f"result exceeded sql.max_result_bytes="
-                                 f"{limits.max_result_bytes} ({text})", "sql.max_result_bytes")
-        return LimitExceeded(f"result exceeded sql.max_result_rows={limits.max_result_rows} "
-                             f"rows ({text})", "sql.max_result_rows")
+            shown = str(limits.max_result_bytes)
+            return LimitExceeded(f"result exceeded {setting(limits, 'max_result_bytes', shown)} "
+                                 f"({text})", limit_key(limits, "max_result_bytes"))
+        shown = str(limits.max_result_rows)
+        return LimitExceeded(f"result exceeded {setting(limits, 'max_result_rows', shown)} "
+                             f"rows ({text})", limit_key(limits, "max_result_rows"))
     if code == _TOO_MANY_SIMULTANEOUS_QUERIES:
         return TooManyRequests(f"ClickHouse is running too many queries ({text})", 1.0)
     if code == _READONLY:
@@ -126,52 +163,42 @@ def translate(exc: StorageError, limits: SqlConfig) -> GobError:
 # ------------------------------------------------------------- admission per tenant
 
 
-@dataclass
-class _Bucket:
-    tokens: float
-    updated: float
-
-
-@dataclass
 class Admission:
-    """Per-tenant query rate (token bucket) and concurrency, in this process.
+    """Per-tenant query rate and concurrency.
 
-    A Redis-backed version shared by replicas can replace it behind the same two calls.
+    The rate is a token bucket per tenant (``sql.query_rate`` / ``sql_query_rate``): in
+    Redis when it is configured, so N replicas share one rate per tenant, else (and while
+    Redis is down) per process. Concurrency is per process: a slot is held while the query
+    runs here, and a replica that dies cannot leave one behind.
     """
 
-    rate: float
-    burst: int
-    max_concurrent: int
-    clock: Any = time.monotonic
-    _buckets: dict[str, _Bucket] = field(default_factory=dict)
-    _running: dict[str, int] = field(default_factory=dict)
+    def __init__(self, buckets: TokenBuckets) -> None:
+        self.buckets = buckets
+        self._running: dict[str, int] = {}
 
-    def take(self, tenant: str) -> None:
+    async def take(self, tenant: str, limits: SqlConfig) -> None:
         """Spend one query token of ``tenant``; raise TooManyRequests when there is none."""
-        if self.rate <= 0:
+        rate, burst = limits.query_rate, limits.query_burst_size
+        if rate <= 0 or burst <= 0:  # 0 disables the limit
             return
-        now = self.clock()
-        bucket = self._buckets.get(tenant)
-        if bucket is None:
-            bucket = self._buckets[tenant] = _Bucket(float(self.burst), now)
-        bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.updated) * self.rate)
-        bucket.updated = now
-        if bucket.tokens < 1.0:
-            wait = (1.0 - bucket.tokens) / self.rate
-            raise TooManyRequests(
-                f"tenant over its query rate: sql.query_rate={self.rate:g}/s "
-                f"(burst sql.query_burst_size={self.burst}); retry in {math.ceil(wait)}s",
-                retry_after=wait)
-        bucket.tokens -= 1.0
+        wait = await self.buckets.take(tenant, 1, rate, burst)
+        if wait == 0:
+            return
+        raise TooManyRequests(
+            f"tenant {tenant!r} over its query rate: "
+            f"{setting(limits, 'query_rate', f'{rate:g}/s')} (burst "
+            f"{setting(limits, 'query_burst_size', str(burst))}); retry in {math.ceil(wait)}s",
+            retry_after=wait)
 
     @contextlib.contextmanager
-    def running(self, tenant: str) -> Iterator[None]:
+    def running(self, tenant: str, limits: SqlConfig) -> Iterator[None]:
         """Hold one of ``tenant``'s concurrent-query slots, or raise TooManyRequests."""
         now_running = self._running.get(tenant, 0)
-        if self.max_concurrent > 0 and now_running >= self.max_concurrent:
+        limit = limits.max_concurrent_queries
+        if limit > 0 and now_running >= limit:
             raise TooManyRequests(
-                f"tenant already runs {now_running} SQL queries: "
-                f"sql.max_concurrent_queries={self.max_concurrent}", retry_after=1.0)
+                f"tenant {tenant!r} already runs {now_running} SQL queries: "
+                f"{setting(limits, 'max_concurrent_queries', str(limit))}", retry_after=1.0)
         self._running[tenant] = now_running + 1
         try:
             yield

@@ -194,3 +194,34 @@ class Overrides:
 
     def max_query_parallelism(self, tenant: str) -> int:
         return self.for_tenant(tenant).max_query_parallelism
+
+    # -- the SQL gateway (defaults: the sql.* settings; 0 disables, as for every limit)
+
+    def sql_max_execution_time(self, tenant: str) -> float:
+        """Seconds."""
+        return self.for_tenant(tenant).sql_max_execution_time
+
+    def sql_max_memory_usage(self, tenant: str) -> int:
+        """Bytes."""
+        return self.for_tenant(tenant).sql_max_memory_usage
+
+    def sql_max_rows_to_read(self, tenant: str) -> int:
+        return self.for_tenant(tenant).sql_max_rows_to_read
+
+    def sql_max_result_rows(self, tenant: str) -> int:
+        return self.for_tenant(tenant).sql_max_result_rows
+
+    def sql_max_result_bytes(self, tenant: str) -> int:
+        """Bytes."""
+        return self.for_tenant(tenant).sql_max_result_bytes
+
+    def sql_max_concurrent_queries(self, tenant: str) -> int:
+        """Per replica."""
+        return self.for_tenant(tenant).sql_max_concurrent_queries
+
+    def sql_query_rate(self, tenant: str) -> float:
+        """Queries per second, shared by replicas through Redis."""
+        return self.for_tenant(tenant).sql_query_rate
+
+    def sql_query_burst_size(self, tenant: str) -> int:
+        return self.for_tenant(tenant).sql_query_burst_size

@@ -1,8 +1,9 @@
-"""Per-tenant ingestion rate limit: a token bucket of ``ingestion_burst_size`` tokens filled
-at ``ingestion_rate`` per second; a request takes one token per sample and metadata entry,
-all or nothing (Mimir's distributor).
+"""Per-tenant rate limits as token buckets: the ingestion rate limit (a bucket of
+``ingestion_burst_size`` tokens filled at ``ingestion_rate`` per second; a request takes one
+token per sample and metadata entry, all or nothing, as Mimir's distributor) and the SQL
+gateway's query rate (``sql_query_rate``, one token per query; gateway/limits.py).
 
-With Redis the bucket lives there and one Lua script takes tokens atomically, so N replicas
+With Redis the buckets live there and one Lua script takes tokens atomically, so N replicas
 enforce one limit together. Without Redis, or while it is down, each replica keeps its own
 bucket with the full limit (so N replicas admit up to N times the rate until Redis is back).
 """
@@ -84,14 +85,49 @@ class LocalBuckets:
         return (n - b.tokens) / rate
 
 
+class TokenBuckets:
+    """One token bucket per tenant for one kind of limit: in Redis when it is configured
+    and up (keys ``<prefix><kind>:{<tenant>}``), else in this process. ``operation`` labels
+    its Redis calls in gob_redis_errors_total and gob_redis_fallbacks_total."""
+
+    def __init__(self, redis: RedisLayer, kind: str, operation: str,
+                 clock: object = time.monotonic) -> None:
+        self.redis = redis
+        self.kind = kind
+        self.operation = operation
+        self.local = LocalBuckets(clock)
+        self._script = None
+
+    async def take(self, tenant: str, n: int, rate: float, burst: int) -> float:
+        """Take ``n`` tokens; return 0 if taken, else seconds to wait (inf: never)."""
+        wait = await self._take_shared(tenant, n, rate, burst)
+        if wait is None:
+            wait = self.local.take(tenant, n, rate, burst)
+        return wait
+
+    async def _take_shared(self, tenant: str, n: int, rate: float, burst: int) -> float | None:
+        if not self.redis.enabled:
+            return None
+        if self._script is None and self.redis.client is not None:
+            self._script = self.redis.script(TOKEN_BUCKET_LUA)
+        script = self._script
+        key = self.redis.key(self.kind, "{" + tenant + "}")
+        try:
+            ok, wait_ms = await self.redis.call(
+                self.operation, lambda _c: script(keys=[key], args=[repr(float(rate)), burst, n]))
+        except RedisUnavailable:
+            return None
+        if ok:
+            return 0.0
+        return math.inf if wait_ms < 0 else wait_ms / 1000
+
+
 class RateLimiter:
-    """Admits or refuses whole requests per tenant; raises TooManyRequests (429)."""
+    """Admits or refuses whole write requests per tenant; raises TooManyRequests (429)."""
 
     def __init__(self, overrides: Overrides, redis: RedisLayer) -> None:
         self.overrides = overrides
-        self.redis = redis
-        self.local = LocalBuckets()
-        self._script = None
+        self.buckets = TokenBuckets(redis, "rate", "rate_limit")
 
     async def admit(self, tenant: str, n: int) -> None:
         """Take ``n`` tokens for ``tenant`` or raise TooManyRequests with Retry-After."""
@@ -99,9 +135,7 @@ class RateLimiter:
         rate, burst = limits.ingestion_rate, limits.ingestion_burst_size
         if n <= 0 or rate <= 0 or burst <= 0:  # 0 disables the limit
             return
-        wait = await self._take_shared(tenant, n, rate, burst)
-        if wait is None:
-            wait = self.local.take(tenant, n, rate, burst)
+        wait = await self.buckets.take(tenant, n, rate, burst)
         if wait == 0:
             return
         what = (f"ingestion rate limit {limit_message('ingestion_rate', rate, tenant)} "
@@ -112,19 +146,3 @@ class RateLimiter:
                                   "smaller requests or raise ingestion_burst_size",
                                   retry_after=max(1.0, burst / rate))
         raise TooManyRequests(f"{what}; retry after {wait:.2f}s", retry_after=wait)
-
-    async def _take_shared(self, tenant: str, n: int, rate: float, burst: int) -> float | None:
-        if not self.redis.enabled:
-            return None
-        if self._script is None and self.redis.client is not None:
-            self._script = self.redis.script(TOKEN_BUCKET_LUA)
-        script = self._script
-        key = self.redis.key("rate", "{" + tenant + "}")
-        try:
-            ok, wait_ms = await self.redis.call(
-                "rate_limit", lambda _c: script(keys=[key], args=[repr(float(rate)), burst, n]))
-        except RedisUnavailable:
-            return None
-        if ok:
-            return 0.0
-        return math.inf if wait_ms < 0 else wait_ms / 1000
