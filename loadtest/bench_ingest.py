@@ -459,8 +459,10 @@ class GobTarget(Target):
         return [*self._python(), "serve", *listen, *settings, *self.args.gob_arg]
 
     def env(self) -> dict[str, str]:
+        # gob_metrics from this work tree, or from ``args.gob_src`` (bench_query --gob-rev)
+        src = getattr(self.args, "gob_src", "") or str(REPO)
         path = os.environ.get("PYTHONPATH")
-        return {"PYTHONPATH": str(REPO) + (os.pathsep + path if path else "")}
+        return {"PYTHONPATH": src + (os.pathsep + path if path else "")}
 
     async def after_load(self, http: aiohttp.ClientSession, srv: Server, wl) -> dict:
         out = {}

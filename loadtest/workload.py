@@ -48,6 +48,8 @@ ICOUNTER = 1  # integer counter: += Poisson(rate * interval) * scale
 GAUGE = 2  # mean-reverting random walk, clipped to [lo, hi], rounded to the quantum
 CONST = 3  # never changes (totals, limits, info metrics, zeros)
 CLOCK = 4  # the scrape time in seconds (node_time_seconds)
+HBUCKET = 5  # cumulative histogram bucket (or _count): += this host's requests with le >= x
+HSUM = 6  # histogram _sum: += this host's requests * their mean duration * U(0.8, 1.2)
 
 
 @dataclass(frozen=True)
@@ -59,13 +61,18 @@ class WorkloadParams:
     per_request: int = 2_000
     start_ms: int = DEFAULT_START_MS
     seed: int = 42
+    #: add a request-duration histogram (14 series) to every host; off by default so that
+    #: the series, the bytes and the cache files of the plain workload stay as they were.
+    histograms: bool = False
 
     def normalized(self) -> WorkloadParams:
         """Round ``samples`` up to a whole number of requests."""
         if self.samples <= 0 or self.series <= 0 or self.per_request <= 0:
             raise ValueError(f"samples, series and per_request must be > 0, got {self}")
         n = math.ceil(self.samples / self.per_request) * self.per_request
-        return WorkloadParams(n, self.series, self.per_request, self.start_ms, self.seed)
+        return WorkloadParams(
+            n, self.series, self.per_request, self.start_ms, self.seed, self.histograms
+        )
 
 
 @dataclass
@@ -178,14 +185,33 @@ _BUILD_INFO = {
     "revision": "1.5.0-1+b6",
     "version": "1.5.0",
 }
+# Upper bounds of the optional histogram's buckets: client_golang's DefBuckets, then +Inf.
+HIST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, math.inf)
+HIST_SIGMA = 0.8  # request durations are log-normal with this sigma (of the log)
 
 
 def _lb(labels: dict[str, str] | None) -> tuple[tuple[str, str], ...]:
     return tuple((labels or {}).items())
 
 
-def host_specs(host: int, rng, start_s: float) -> list[_Spec]:
-    """Return the series one node_exporter host exposes, with host-specific magnitudes."""
+def hist_cdf(le: float, median: float) -> float:
+    """Share of requests at most ``le`` seconds long (log-normal around ``median``)."""
+    if math.isinf(le):
+        return 1.0
+    return 0.5 * (1 + math.erf(math.log(le / median) / (HIST_SIGMA * math.sqrt(2))))
+
+
+def _le(bound: float) -> str:
+    """An ``le`` label value as client_golang writes it (``0.005``, ``1``, ``+Inf``)."""
+    return "+Inf" if math.isinf(bound) else f"{bound:g}"
+
+
+def host_specs(host: int, rng, start_s: float, histograms: bool = False) -> list[_Spec]:
+    """Return the series one node_exporter host exposes, with host-specific magnitudes.
+
+    ``histograms`` adds ``http_request_duration_seconds{handler="/api/v1/query"}`` (12
+    buckets, ``_sum``, ``_count``) before ``up``; it draws nothing from ``rng`` here, so
+    every other series keeps its values."""
     f = float(rng.uniform(0.5, 2.0))  # how busy this host is
     uptime = float(rng.uniform(1, 60)) * 86400
     mem = float(rng.choice([8, 16, 32, 64])) * (1 << 30)
@@ -295,6 +321,31 @@ def host_specs(host: int, rng, start_s: float) -> list[_Spec]:
     gauge("process_open_fds", 10, 0.5, lo=5, quantum=1)
     const("process_max_fds", 1048576.0)
     const("process_start_time_seconds", float(round(start_s - uptime + 30)))
+    if histograms:
+        # Requests per second and median duration follow how busy the host is.
+        rate, median = 5.0 * f, 0.05 * f
+        total = rate * uptime
+        h = {"handler": "/api/v1/query"}
+        for i, bound in enumerate(HIST_BUCKETS):
+            value = float(round(total * hist_cdf(bound, median)))
+            labels = _lb(h | {"le": _le(bound)})
+            name = "http_request_duration_seconds_bucket"
+            specs.append(_Spec(name, labels, HBUCKET, value, rate, float(i), median))
+        mean = median * math.exp(HIST_SIGMA**2 / 2)
+        specs.append(
+            _Spec("http_request_duration_seconds_sum", _lb(h), HSUM, total * mean, rate, 0, mean)
+        )
+        specs.append(
+            _Spec(
+                "http_request_duration_seconds_count",
+                _lb(h),
+                HBUCKET,
+                float(round(total)),
+                rate,
+                float(len(HIST_BUCKETS) - 1),
+                median,
+            )
+        )
     scraped = float(len(specs))
     const("up", 1.0)
     gauge("scrape_duration_seconds", 0.03, 0.005, lo=0.005, hi=10)
@@ -304,11 +355,11 @@ def host_specs(host: int, rng, start_s: float) -> list[_Spec]:
     return specs
 
 
-def series_per_host() -> int:
+def series_per_host(histograms: bool = False) -> int:
     """How many series one host exposes."""
     import numpy as np
 
-    return len(host_specs(0, np.random.default_rng(0), DEFAULT_START_MS / 1000))
+    return len(host_specs(0, np.random.default_rng(0), DEFAULT_START_MS / 1000, histograms))
 
 
 # --- protobuf wire format (prometheus.WriteRequest) ---------------------------------------
@@ -367,7 +418,7 @@ class _Model:
 
         self.np = np
         self.rng = np.random.default_rng(params.seed)
-        per_host = series_per_host()
+        per_host = series_per_host(params.histograms)
         self.n_hosts = math.ceil(params.series / per_host)
         start_s = params.start_ms / 1000
         specs: list[_Spec] = []
@@ -376,7 +427,7 @@ class _Model:
         heads_z: list[bytes] = []
         for h in range(self.n_hosts):
             base = [("instance", f"host-{h}:9100"), ("job", "node")]
-            for spec in host_specs(h, self.rng, start_s):
+            for spec in host_specs(h, self.rng, start_s, params.histograms):
                 if len(specs) == params.series:
                     break
                 specs.append(spec)
@@ -410,6 +461,27 @@ class _Model:
         self.offset = offsets[np.array(hosts, dtype=np.int64)]
         self.start_ms = params.start_ms
         self.state = self.value.copy()
+        self._init_histograms(np.array(hosts, dtype=np.int64))
+
+    def _init_histograms(self, hosts) -> None:
+        """Group the histogram series by host: one multinomial draw per host and scrape."""
+        np = self.np
+        self.m_hbucket = self.kind == HBUCKET
+        self.m_hsum = self.kind == HSUM
+        self.has_hist = bool(self.m_hbucket.any())
+        if not self.has_hist:
+            return
+        # A series cap may cut a host's histogram short, but _sum and _count come after all
+        # its buckets, so every host with a _sum has its buckets here too.
+        groups, first = np.unique(hosts[self.m_hbucket], return_index=True)
+        self.h_bucket = self.scale[self.m_hbucket].astype(np.int64)
+        self.h_group = np.searchsorted(groups, hosts[self.m_hbucket])
+        self.h_sum_group = np.searchsorted(groups, hosts[self.m_hsum])
+        self.h_rate = self.rate[self.m_hbucket][first]
+        median = self.mean[self.m_hbucket][first]
+        cdf = np.array([[hist_cdf(b, m) for b in HIST_BUCKETS] for m in median])
+        self.h_pvals = np.diff(cdf, prepend=0.0, axis=1)
+        self.h_mean = median * math.exp(HIST_SIGMA**2 / 2)
 
     def step(self, k: int) -> tuple[object, object]:
         """Advance to scrape round ``k``; return (values, timestamps in ms) of every series."""
@@ -426,6 +498,13 @@ class _Model:
             noise = rng.standard_normal(int(m.sum()))
             g = v[m] + 0.1 * (self.mean[m] - v[m]) + self.sigma[m] * noise
             v[m] = np.clip(g, self.lo[m], self.hi[m])
+            if self.has_hist:  # drawn last, so workloads without histograms do not change
+                n = rng.poisson(self.h_rate * dt)
+                cum = rng.multinomial(n, self.h_pvals).cumsum(axis=1)
+                v[self.m_hbucket] += cum[self.h_group, self.h_bucket]
+                g = self.h_sum_group
+                noise = rng.uniform(0.8, 1.2, len(g))
+                v[self.m_hsum] += n[g] * self.h_mean[g] * noise
         ts = self.start_ms + k * SCRAPE_INTERVAL_MS + self.offset
         out = v.copy()
         q = self.m_quant
@@ -503,7 +582,7 @@ def cache_path(params: WorkloadParams, out_dir: Path = DEFAULT_OUT_DIR) -> Path:
     p = params.normalized()
     return out_dir / (
         f"node-v{FORMAT_VERSION}-s{p.samples}-n{p.series}-r{p.per_request}"
-        f"-t{p.start_ms}-seed{p.seed}.bin"
+        f"-t{p.start_ms}-seed{p.seed}{'-hist' if p.histograms else ''}.bin"
     )
 
 
@@ -540,12 +619,16 @@ def build_cache(params: WorkloadParams, path: Path, progress: bool = True) -> di
                         f"({done / el / 1e6:.2f}M/s, {el:.1f}s)",
                         file=sys.stderr,
                     )
+            fields = asdict(params)
+            if not params.histograms:  # metadata as before the option existed
+                del fields["histograms"]
+            per_host = series_per_host(params.histograms)
             meta = {
                 "format_version": FORMAT_VERSION,
-                **asdict(params),
+                **fields,
                 "requests": n_requests,
-                "series_per_host": series_per_host(),
-                "hosts": math.ceil(params.series / series_per_host()),
+                "series_per_host": per_host,
+                "hosts": math.ceil(params.series / per_host),
                 "scrape_interval_ms": SCRAPE_INTERVAL_MS,
                 "first_ts_ms": first_ts,
                 "last_ts_ms": last_ts,
@@ -616,10 +699,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-request", type=int, default=WorkloadParams.per_request)
     ap.add_argument("--start-ms", type=int, default=DEFAULT_START_MS)
     ap.add_argument("--seed", type=int, default=WorkloadParams.seed)
+    ap.add_argument(
+        "--histograms",
+        action="store_true",
+        help="add a 14-series request-duration histogram to every host",
+    )
     ap.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
     ap.add_argument("--force", action="store_true", help="regenerate even if cached")
     args = ap.parse_args(argv)
-    params = WorkloadParams(args.samples, args.series, args.per_request, args.start_ms, args.seed)
+    params = WorkloadParams(
+        args.samples, args.series, args.per_request, args.start_ms, args.seed, args.histograms
+    )
     path = cache_path(params, args.out_dir)
     if args.force:
         path.unlink(missing_ok=True)
