@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from compliance.cases import CaseFileError, load_cases
@@ -16,10 +16,12 @@ from compliance.run import (
     DEFAULT_END,
     DEFAULT_RANGE_S,
     DEFAULT_STEP_S,
+    RangeWindow,
     RunOptions,
     print_report,
     run,
     select_cases,
+    spread_times,
 )
 from compliance.services import ServiceError
 
@@ -53,6 +55,45 @@ def _variant_path(args: argparse.Namespace) -> Path:
     return args.variant_args or args.suite_dir / "promql" / "variant-args.yml"
 
 
+#: below this, a lone --instant-times number is a count, not a Unix time (1970-01-02)
+MAX_INSTANT_COUNT = 100_000
+
+
+def _seconds(text: str) -> Decimal:
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value.is_finite() or value < 0:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> Decimal:
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+def _window(text: str) -> RangeWindow:
+    parts = text.split(",")
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected END,RANGE,STEP (seconds), got {text!r}")
+    return RangeWindow(_seconds(parts[0]), _seconds(parts[1]), _positive_seconds(parts[2]))
+
+
+def _instant_times(text: str) -> int | tuple[Decimal, ...]:
+    parts = [x for x in text.split(",") if x.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError("expected a count or a list of Unix times")
+    times = tuple(_seconds(x) for x in parts)
+    if len(times) == 1 and times[0] == times[0].to_integral_value() and "," not in text \
+            and 0 < times[0] < MAX_INSTANT_COUNT:
+        return int(times[0])
+    return times
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m compliance", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -82,16 +123,26 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--test-write-url", metavar="URL",
                    help="promql mode with a URL: where to remote_write the data "
                         "(default: <test-url>/api/v1/write; 'none' when it already has it)")
-    r.add_argument("--end", type=Decimal, default=DEFAULT_END, metavar="UNIX_SECONDS",
-                   help="end of every range query (default: %(default)s, "
+    r.add_argument("--end", type=_seconds, default=DEFAULT_END, metavar="UNIX_SECONDS",
+                   help="end of the range queries' window (default: %(default)s, "
                         "2024-01-15T02:40:00Z)")
-    r.add_argument("--range", type=int, default=DEFAULT_RANGE_S, metavar="SECONDS",
-                   help="range of every query (default: %(default)s)")
-    r.add_argument("--step", type=int, default=DEFAULT_STEP_S, metavar="SECONDS",
-                   help="resolution of every query (default: %(default)s)")
-    r.add_argument("--parallelism", type=int, default=4, help="cases in flight (default: 4)")
+    r.add_argument("--range", type=_seconds, default=Decimal(DEFAULT_RANGE_S),
+                   metavar="SECONDS", help="length of that window (default: %(default)s)")
+    r.add_argument("--step", type=_positive_seconds, default=Decimal(DEFAULT_STEP_S),
+                   metavar="SECONDS", help="its resolution (default: %(default)s)")
+    r.add_argument("--window", type=_window, action="append", default=[],
+                   metavar="END,RANGE,STEP",
+                   help="also compare every case as range queries over this window (Unix "
+                        "seconds, seconds, seconds), after --end/--range/--step; repeatable")
+    r.add_argument("--instant-times", type=_instant_times, metavar="T1,T2,...|N",
+                   help="also compare every case as instant queries (/api/v1/query) at each "
+                        "of these Unix times, or at N times spread evenly over the "
+                        f"--end/--range window, both ends included (N < {MAX_INSTANT_COUNT}; "
+                        "one time alone: write 'T,')")
+    r.add_argument("--parallelism", type=int, default=4,
+                   help="query pairs in flight (default: 4)")
     r.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
-                   help="per case, both queries (default: 10, as the Go tester)")
+                   help="per query pair, both queries (default: 10, as the Go tester)")
     r.add_argument("--fraction", type=float, default=Tolerance.fraction,
                    help="relative value tolerance (default: %(default)s)")
     r.add_argument("--margin", type=float, default=Tolerance.margin,
@@ -139,18 +190,26 @@ def _run(args: argparse.Namespace) -> int:
     if not cases:
         print("no case selected", file=sys.stderr)
         return 2
+    first = RangeWindow(args.end, args.range, args.step)
+    instant = args.instant_times
+    if isinstance(instant, int):
+        instant = spread_times(first, instant)
     opts = RunOptions(mode=args.mode, read_from=args.read_from, test_url=args.test_url,
-                      test_write_url=args.test_write_url, end=args.end, range_s=args.range,
-                      step_s=args.step, parallelism=args.parallelism, timeout_s=args.timeout,
-                      tolerance=Tolerance(args.fraction, args.margin), workdir=args.workdir,
-                      verbose=args.verbose)
+                      test_write_url=args.test_write_url, windows=(first, *args.window),
+                      instant_times=instant or (), parallelism=args.parallelism,
+                      timeout_s=args.timeout, tolerance=Tolerance(args.fraction, args.margin),
+                      workdir=args.workdir, verbose=args.verbose)
     report = run(cases, opts)
     if args.report:
         args.report.write_text(json.dumps({
             "mode": report.description, "passed": report.passed, "total": len(report.outcomes),
             "seconds": round(report.seconds, 1), "dataset_sha256": report.dataset.sha256,
-            "outcomes": [{**o.case.as_json(), "status": o.status.value, "detail": o.detail}
-                         for o in report.outcomes]}, indent=1))
+            "comparisons": [{
+                "comparison": c.comparison.describe(), "passed": c.passed,
+                "total": len(c.outcomes), "seconds": round(c.seconds, 1),
+                "outcomes": [{**o.case.as_json(), "where": o.where, "status": o.status.value,
+                              "detail": o.detail} for o in c.outcomes]}
+                for c in report.comparisons]}, indent=1))
     print_report(report, args.mode)
     return 0 if report.ok else 1
 

@@ -1,6 +1,6 @@
-"""Compare the range-query results of a reference and a system under test, with the rules
-of the Prometheus PromQL compliance tester (../shared/compliance/promql/tester-defaults.yml,
-read from prometheus/compliance ``promql/comparer/comparer.go``):
+"""Compare the query results of a reference and a system under test, with the rules of the
+Prometheus PromQL compliance tester (../shared/compliance/promql/tester-defaults.yml, read
+from prometheus/compliance ``promql/comparer/comparer.go``):
 
 * a ``should_fail`` case passes when both systems answer with an error; the reference
   succeeding is a harness error, the test target succeeding is an *unexpected success*;
@@ -16,6 +16,12 @@ read from prometheus/compliance ``promql/comparer/comparer.go``):
   sets of different sizes can differ even from itself; no upstream case does that;
 * a ``null`` result is not the same as an empty one (go-cmp tells a nil slice from an
   empty one unless told otherwise, and the tester does not tell it).
+
+The Go tester only runs range queries. Instant queries (``/api/v1/query``) are judged by the
+same rules with one change, ``judge(..., as_sets=True)``: Prometheus does not sort an
+instant vector (nor the matrix of a bare range selector), so both results are sorted before
+they are compared, i.e. compared as sets of series. A scalar is one point; a string result
+compares its text exactly (and its timestamp).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 from compliance.cases import Case
@@ -49,6 +55,8 @@ class QueryResult:
     #: not compared (the tester ignores them), but shown with a difference: a Prometheus
     #: whose remote_read fails answers an empty result with the error as a warning.
     warnings: tuple[str, ...] = ()
+    #: the text of a ``string`` result (its one point carries the timestamp and NaN)
+    string_value: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,9 @@ class Outcome:
     #: series in the reference answer (None when it failed): 0 means the case compared
     #: two empty results, which proves little about the data path.
     reference_series: int | None = None
+    #: where the case was run when it is not the only place, e.g. ``time=1705286021.234``
+    #: for an instant query (empty for the range window of a comparison)
+    where: str = ""
 
     @property
     def passed(self) -> bool:
@@ -138,6 +149,8 @@ def first_difference(ref: QueryResult, test: QueryResult,
     must already be sorted."""
     if ref.result_type != test.result_type:
         return f"result type: reference {ref.result_type}, test {test.result_type}"
+    if ref.string_value != test.string_value:
+        return f"string: reference {ref.string_value!r}, test {test.string_value!r}"
     if ref.series is None or test.series is None:
         if (ref.series is None) != (test.series is None):
             def shown(s: Sequence[Series] | None) -> str:
@@ -170,26 +183,33 @@ def first_difference(ref: QueryResult, test: QueryResult,
     return None
 
 
-def judge(case: Case, ref: Answer, test: Answer, tol: Tolerance = Tolerance()) -> Outcome:
-    """Apply the tester's rules to one case's two answers."""
+def judge(case: Case, ref: Answer, test: Answer, tol: Tolerance = Tolerance(), *,
+          as_sets: bool = False, where: str = "") -> Outcome:
+    """Apply the tester's rules to one case's two answers. ``as_sets`` sorts the reference
+    too (instant queries); ``where`` is recorded in the outcome."""
     if isinstance(ref, QueryError) != case.should_fail:
         if isinstance(ref, QueryError):
-            return Outcome(case, Status.REFERENCE_ERROR, f"reference failed: {ref.message}")
-        return Outcome(case, Status.REFERENCE_ERROR, "reference succeeded on a should_fail case")
+            return Outcome(case, Status.REFERENCE_ERROR, f"reference failed: {ref.message}",
+                           where=where)
+        return Outcome(case, Status.REFERENCE_ERROR, "reference succeeded on a should_fail case",
+                       where=where)
     if isinstance(test, QueryError) != case.should_fail:
         if isinstance(test, QueryError):
             status = Status.UNSUPPORTED if "501" in test.message else Status.UNEXPECTED_FAILURE
-            return Outcome(case, status, test.message)
-        return Outcome(case, Status.UNEXPECTED_SUCCESS, "test target succeeded, expected an error")
+            return Outcome(case, status, test.message, where=where)
+        return Outcome(case, Status.UNEXPECTED_SUCCESS, "test target succeeded, expected an error",
+                       where=where)
     if case.should_fail or case.skip_comparison:
-        return Outcome(case, Status.PASSED)
+        return Outcome(case, Status.PASSED, where=where)
     assert isinstance(ref, QueryResult) and isinstance(test, QueryResult)
     n_ref = len(ref.series or ())
     if test.series is not None:
-        test = QueryResult(test.result_type, sort_series(test.series), test.warnings)
+        test = replace(test, series=sort_series(test.series))
+    if as_sets and ref.series is not None:
+        ref = replace(ref, series=sort_series(ref.series))
     diff = first_difference(ref, test, tol)
     if diff is not None:
         if test.warnings:
             diff += f"; test warnings: {'; '.join(test.warnings)[:500]}"
-        return Outcome(case, Status.DIFFERENT, diff, n_ref)
-    return Outcome(case, Status.PASSED, "", n_ref)
+        return Outcome(case, Status.DIFFERENT, diff, n_ref, where)
+    return Outcome(case, Status.PASSED, "", n_ref, where)

@@ -1,8 +1,9 @@
-"""Run a range query against a Prometheus-compatible HTTP API and decode the answer.
+"""Run a range or instant query against a Prometheus-compatible HTTP API and decode the
+answer.
 
-Requests are what client_golang's ``QueryRange`` sends (POST form ``query``, ``start``,
-``end``, ``step``); errors are reported with the text that client would give, because
-the tester's *unsupported* rule looks for ``501`` in it.
+Requests are what client_golang's ``QueryRange`` and ``Query`` send (POST form ``query``,
+``start``, ``end``, ``step``; ``query``, ``time``); errors are reported with the text that
+client would give, because the tester's *unsupported* rule looks for ``501`` in it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def _series(item: dict[str, Any]) -> Series:
 
 
 def decode(status: int, body: bytes) -> Answer:
-    """Turn an HTTP answer of /api/v1/query_range into a result or an error."""
+    """Turn an HTTP answer of /api/v1/query_range or /api/v1/query into a result or an
+    error."""
     try:
         doc = json.loads(body, parse_float=Decimal)
     except ValueError:
@@ -58,21 +60,35 @@ def decode(status: int, body: bytes) -> Answer:
                 Series(dict(item.get("metric") or {}),
                        [(_ms(item["value"][0]), float(item["value"][1]))]) for item in result],
                 warnings)
-        if rtype in ("scalar", "string"):
-            value = float(result[1]) if rtype == "scalar" else float("nan")
-            return QueryResult(rtype, [Series({}, [(_ms(result[0]), value)])], warnings)
+        if rtype == "scalar":
+            return QueryResult(rtype, [Series({}, [(_ms(result[0]), float(result[1]))])],
+                               warnings)
+        if rtype == "string":
+            return QueryResult(rtype, [Series({}, [(_ms(result[0]), float("nan"))])],
+                               warnings, string_value=str(result[1]))
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         return QueryError(f"bad_response: cannot decode {rtype} result: {exc}")
     return QueryError(f"bad_response: unknown resultType {rtype!r}")
 
 
-async def query_range(session: aiohttp.ClientSession, base_url: str, query: str, *,
-                      start: Decimal, end: Decimal, step: Decimal) -> Answer:
-    """POST /api/v1/query_range; transport failures become a QueryError too."""
-    form = {"query": query, "start": str(start), "end": str(end), "step": str(step)}
+async def _post(session: aiohttp.ClientSession, url: str, form: dict[str, str]) -> Answer:
+    """POST a form and decode; transport failures become a QueryError too."""
     try:
-        async with session.post(base_url.rstrip("/") + "/api/v1/query_range",
-                                data=form) as resp:
+        async with session.post(url, data=form) as resp:
             return decode(resp.status, await resp.read())
     except (TimeoutError, aiohttp.ClientError) as exc:
         return QueryError(f"request failed: {type(exc).__name__}: {exc}")
+
+
+async def query_range(session: aiohttp.ClientSession, base_url: str, query: str, *,
+                      start: Decimal, end: Decimal, step: Decimal) -> Answer:
+    """POST /api/v1/query_range."""
+    form = {"query": query, "start": str(start), "end": str(end), "step": str(step)}
+    return await _post(session, base_url.rstrip("/") + "/api/v1/query_range", form)
+
+
+async def query_instant(session: aiohttp.ClientSession, base_url: str, query: str, *,
+                        time: Decimal) -> Answer:
+    """POST /api/v1/query at ``time`` (Unix seconds)."""
+    form = {"query": query, "time": str(time)}
+    return await _post(session, base_url.rstrip("/") + "/api/v1/query", form)

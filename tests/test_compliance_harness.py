@@ -7,11 +7,12 @@ import itertools
 import json
 import math
 import struct
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from compliance.__main__ import DEFAULT_SUITE_DIR, EXTRA_QUERIES
+from compliance.__main__ import DEFAULT_SUITE_DIR, EXTRA_QUERIES, parser
 from compliance.cases import Case, CaseFileError, Template, expand, load_cases, render
 from compliance.compare import (
     QueryError,
@@ -26,6 +27,7 @@ from compliance.compare import (
 from compliance.dataset import STALE_NAN_BITS
 from compliance.query import decode
 from compliance.remote_write import build_dataset
+from compliance.run import InstantTimes, RangeWindow, comparison_jobs, spread_times
 from gob_metrics.proto.prometheus import remote_pb2
 
 SUITE = DEFAULT_SUITE_DIR / "promql"
@@ -206,6 +208,97 @@ def test_decode(status: int, body: bytes, expected) -> None:
                                                                       strict=True))
     else:
         assert got == expected
+
+
+def _v(*series: tuple[dict[str, str], float]) -> QueryResult:
+    return QueryResult("vector", [Series(dict(lb), [(1000, v)]) for lb, v in series])
+
+
+@pytest.mark.parametrize(("ref", "test", "as_sets", "status"), [
+    (_v((B, 2.0), (A, 1.0)), _v((A, 1.0), (B, 2.0)), True, Status.PASSED),
+    (_v((B, 2.0), (A, 1.0)), _v((B, 2.0), (A, 1.0)), True, Status.PASSED),
+    # range rules: the reference is taken in the order Prometheus returns
+    (_v((B, 2.0), (A, 1.0)), _v((B, 2.0), (A, 1.0)), False, Status.DIFFERENT),
+    (_v((B, 2.0), (A, 1.0)), _v((A, 2.0), (B, 1.0)), True, Status.DIFFERENT),
+    (_v((A, 1.0)), _v((A, 1.0), (B, 2.0)), True, Status.DIFFERENT),
+    (_v((A, NAN)), _v((A, NAN)), True, Status.PASSED),
+    (_v((A, 1.0)), _v((A, 1.0 + 1.1e-5)), True, Status.DIFFERENT),
+    (_v((A, 1.0)), QueryResult("vector", [Series(A, [(1001, 1.0)])]), True, Status.DIFFERENT),
+    (_v(), QueryResult("vector", None), True, Status.DIFFERENT),
+    (QueryResult("scalar", [Series({}, [(1000, 1.0)])]),
+     QueryResult("scalar", [Series({}, [(1000, 1.0)])]), True, Status.PASSED),
+    (QueryResult("scalar", [Series({}, [(1000, 1.0)])]), _v(({}, 1.0)), True,
+     Status.DIFFERENT),
+    (QueryResult("string", [Series({}, [(1000, NAN)])], string_value="a"),
+     QueryResult("string", [Series({}, [(1000, NAN)])], string_value="a"), True,
+     Status.PASSED),
+    (QueryResult("string", [Series({}, [(1000, NAN)])], string_value="a"),
+     QueryResult("string", [Series({}, [(1000, NAN)])], string_value="b"), True,
+     Status.DIFFERENT),
+], ids=["vector-other-order", "vector-same-order", "unsorted-reference-without-as-sets",
+        "values-swapped", "extra-series", "nan", "beyond-1e-5", "timestamp", "null-vs-empty",
+        "scalar", "scalar-vs-vector", "string", "string-text"])
+def test_judge_instant(ref, test, as_sets: bool, status: Status) -> None:
+    outcome = judge(OK, ref, test, as_sets=as_sets, where="time=1")
+    assert outcome.status is status, outcome.detail
+    assert outcome.where == "time=1"
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    (b'{"status":"success","data":{"resultType":"vector","result":[{"metric":{"a":"1"},'
+     b'"value":[1705286021.234,"-Inf"]}]}}',
+     QueryResult("vector", [Series({"a": "1"}, [(1705286021234, -INF)])])),
+    (b'{"status":"success","data":{"resultType":"scalar","result":[1705286021.5,"2.5"]}}',
+     QueryResult("scalar", [Series({}, [(1705286021500, 2.5)])])),
+    (b'{"status":"success","data":{"resultType":"string","result":[1705286021,"x y"]}}',
+     QueryResult("string", [Series({}, [(1705286021000, NAN)])], string_value="x y")),
+], ids=["vector", "scalar", "string"])
+def test_decode_instant(body: bytes, expected: QueryResult) -> None:
+    got = decode(200, body)
+    assert isinstance(got, QueryResult)
+    assert (got.result_type, got.string_value) == (expected.result_type, expected.string_value)
+    assert judge(OK, expected, got).status is Status.PASSED
+
+
+def test_spread_times() -> None:
+    window = RangeWindow(Decimal(1000), Decimal(10), Decimal(1))
+    assert spread_times(window, 1) == (Decimal(1000),)
+    assert spread_times(window, 3) == (Decimal(990), Decimal(995), Decimal(1000))
+    assert [str(t) for t in spread_times(window, 4)] == ["990", "993.333", "996.667", "1000"]
+    with pytest.raises(ValueError):
+        spread_times(window, 0)
+
+
+def test_comparison_jobs_order() -> None:
+    cases = [Case(0, "a", "a", False, False), Case(1, "b", "b", False, False)]
+    assert [(c.query, w) for c, w, _ in comparison_jobs(cases, RangeWindow())] == [
+        ("a", ""), ("b", "")]
+    jobs = comparison_jobs(cases, InstantTimes((Decimal(1), Decimal("2.5"))))
+    assert [(c.query, w) for c, w, _ in jobs] == [
+        ("a", "time=1"), ("a", "time=2.5"), ("b", "time=1"), ("b", "time=2.5")]
+
+
+@pytest.mark.parametrize(("argv", "windows", "instant"), [
+    ([], [], None),
+    (["--instant-times", "5"], [], 5),
+    (["--instant-times", "1705286000,"], [], (Decimal(1705286000),)),
+    (["--instant-times", "1705286000,1705286021.234"], [],
+     (Decimal(1705286000), Decimal("1705286021.234"))),
+    (["--window", "1705287000,1800,7", "--window", "1705286213.5,3600,15"],
+     [RangeWindow(Decimal(1705287000), Decimal(1800), Decimal(7)),
+      RangeWindow(Decimal("1705286213.5"), Decimal(3600), Decimal(15))], None),
+], ids=["default", "count", "one-time", "times", "windows"])
+def test_cli_comparisons(argv: list[str], windows, instant) -> None:
+    args = parser().parse_args(["run", *argv])
+    assert (args.window, args.instant_times) == (windows, instant)
+
+
+@pytest.mark.parametrize("argv", [["--instant-times", "x"], ["--instant-times", ","],
+                                  ["--window", "1,2"], ["--window", "1,600,0"],
+                                  ["--step", "-1"], ["--end", "nan"]])
+def test_cli_rejects(argv: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        parser().parse_args(["run", *argv])
 
 
 def _run_mode(tmp_path: Path, **options):

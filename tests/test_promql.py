@@ -3,7 +3,8 @@
 Each file's ``load`` data goes through the real write path (remote_write into the embedded
 engine) and every ``eval`` through /api/v1/query or /api/v1/query_range. The integration
 variant runs the same files against Prometheus 2.42 itself, proving the expectations are
-Prometheus' answers; another runs the compliance harness in promql mode (a ratchet).
+Prometheus' answers; another runs the compliance harness in promql mode: the upstream
+suite as range queries over two windows and as instant queries at five times, all passing.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import json
 import urllib.parse
 import urllib.request
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,16 @@ from tests import promqltest
 from tests.writes import HEADERS, body
 
 FILES = sorted((Path(__file__).parent / "promql").glob("*.test"))
-#: compliance suite cases passing through gob-metrics' /api/v1/query_range (of 539):
-#: raise it as the engine improves, never lower it.
-COMPLIANCE_PASSING = 539
+#: the upstream compliance suite's cases, every one of which must pass in every comparison
+COMPLIANCE_CASES = 539
+#: the second range window: a 7 s step does not divide the 5 s scrape interval, and a
+#: different end (02:50:00, so the last point is 02:49:59, not the end); 30 minutes cover
+#: instance 10001's restart at 02:33:20
+SECOND_WINDOW = ("1705287000", "1800", "7")
+#: instant-query times: 02:30:00 and 02:40:00 (the default window's ends, on instance
+#: 10000's scrape grid), 02:33:20 (10001's restart: its first failed scrape), 02:33:41.234
+#: (while it is down; on no scrape, 1 ms before one), 02:34:07.5 (after its counter reset)
+INSTANT_TIMES = ("1705285800", "1705286000", "1705286021.234", "1705286047.5", "1705286400")
 
 
 async def _load_and_eval(path: Path, write, query) -> list[str]:
@@ -100,15 +109,24 @@ async def test_promql_file_against_prometheus(tmp_path: Path, path: Path) -> Non
 
 @pytest.mark.integration
 def test_compliance_promql_mode(tmp_path: Path) -> None:
-    """The upstream suite through gob-metrics' /api/v1/query_range: at least the count
-    reached so far passes (docs/compliance.md states the current result)."""
+    """The upstream suite against Prometheus 2.42 in one harness run (one data load):
+    /api/v1/query_range over the default window and over SECOND_WINDOW, and /api/v1/query
+    at INSTANT_TIMES; every case passes everywhere (docs/compliance.md has the command)."""
     from compliance.__main__ import DEFAULT_SUITE_DIR
     from compliance.cases import load_cases
-    from compliance.run import RunOptions, run
+    from compliance.run import RangeWindow, RunOptions, run
 
     suite = DEFAULT_SUITE_DIR / "promql"
     cases = load_cases([suite / "promql-test-queries.yml"], suite / "variant-args.yml")
-    report = run(cases, RunOptions(workdir=tmp_path, mode="promql", test_url="gob"))
-    failures = "\n".join(f"[{o.status.value}] {o.case.query}: {o.detail}"
+    assert len(cases) == COMPLIANCE_CASES
+    opts = RunOptions(workdir=tmp_path, mode="promql", test_url="gob",
+                      windows=(RangeWindow(), RangeWindow(*map(Decimal, SECOND_WINDOW))),
+                      instant_times=tuple(map(Decimal, INSTANT_TIMES)))
+    report = run(cases, opts)
+    failures = "\n".join(f"[{o.status.value}] {o.where} {o.case.query}: {o.detail}"
                          for o in report.outcomes if not o.passed)
-    assert report.passed >= COMPLIANCE_PASSING, failures
+    summary = ", ".join(f"{c.comparison.describe()}: {c.passed}/{len(c.outcomes)}"
+                        for c in report.comparisons)
+    assert [len(c.outcomes) for c in report.comparisons] == [
+        COMPLIANCE_CASES, COMPLIANCE_CASES, COMPLIANCE_CASES * len(INSTANT_TIMES)], summary
+    assert report.ok, f"{summary}\n{failures}"
