@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 
 import pytest
 
@@ -15,11 +16,21 @@ def raw(*pairs: tuple[bytes, bytes]) -> list[bytes]:
     return [ingest_pb2.RawLabel(name=n, value=v).SerializeToString() for n, v in pairs]
 
 
-def test_series_id_is_blake2b_of_length_prefixed_sorted_labels() -> None:
-    h = hashlib.blake2b(digest_size=16)
+def test_series_id_is_labels_hash_then_metric_hash() -> None:
+    h = hashlib.blake2b(digest_size=12)
     for part in (b"__name__", b"up", b"job", b"x"):
         h.update(len(part).to_bytes(4, "little") + part)
-    assert series_id([(b"__name__", b"up"), (b"job", b"x")]) == h.digest()
+    metric = hashlib.blake2b(b"up", digest_size=4).digest()
+    assert series_id([(b"__name__", b"up"), (b"job", b"x")]) == h.digest() + metric
+
+
+def test_one_metrics_series_sort_together() -> None:
+    # As little-endian UInt128 the metric hash is the most significant part, so sorting by
+    # series_id groups series by metric.
+    ids = [(int.from_bytes(series_id([(b"__name__", m), (b"i", str(i).encode())]), "little"), m)
+           for m in (b"a", b"b", b"c") for i in range(50)]
+    names = [m for _, m in sorted(ids)]
+    assert sum(1 for x, y in itertools.pairwise(names) if x != y) == 2
 
 
 def test_order_and_empty_values_do_not_change_identity() -> None:

@@ -1,9 +1,13 @@
 """Series identity and validation: canonical label sets, 128-bit series ids, and the
 bounded cache that lets a known series skip label decoding altogether.
 
-A series id is blake2b-128 over the canonical label set: labels sorted by name, each name
-and value prefixed by its 4-byte little-endian length. Every replica computes the same id
-with no lookup and no coordination.
+A series id is 16 bytes, read by ClickHouse as a little-endian UInt128: the first 12 are
+blake2b-96 over the canonical label set (labels sorted by name, each name and value
+prefixed by its 4-byte little-endian length), the last 4 (the most significant) blake2b-32
+of the metric name. Every replica computes the same id with no lookup and no coordination,
+and because `samples` is sorted by (tenant, series_id, timestamp), one metric's series lie
+together on disk, so selecting a metric reads its own granules, not granules spread over
+the whole table.
 """
 
 from __future__ import annotations
@@ -35,13 +39,16 @@ class InvalidSeries(ValueError):
 
 def series_id(labels: Sequence[tuple[bytes, bytes]]) -> bytes:
     """Return the 16-byte id of a label set already sorted by name."""
-    h = hashlib.blake2b(digest_size=16)
+    h = hashlib.blake2b(digest_size=12)
+    metric = b""
     for name, value in labels:
         h.update(_LEN.pack(len(name)))
         h.update(name)
         h.update(_LEN.pack(len(value)))
         h.update(value)
-    return h.digest()
+        if name == b"__name__":
+            metric = value
+    return h.digest() + hashlib.blake2b(metric, digest_size=4).digest()
 
 
 def canonicalize(raw_labels: Sequence[bytes]) -> tuple[bytes, str, dict[str, str]]:
