@@ -1,5 +1,5 @@
 """``/api/v1/query`` and ``/api/v1/query_range`` (GET and POST form), plus
-``/api/v1/format_query`` and ``/api/v1/parse_query``, answered like Prometheus 2.42.
+``/api/v1/format_query``, answered like Prometheus 2.42 (which has no ``parse_query``).
 
 Parameters and their errors follow web/api/v1/api.go: times are RFC 3339 or Unix
 seconds, ``step``/``timeout``/``lookback_delta`` float seconds or durations; a bad one is
