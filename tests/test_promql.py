@@ -10,6 +10,7 @@ suite as range queries over two windows and as instant queries at five times, al
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import urllib.parse
 import urllib.request
@@ -130,3 +131,40 @@ def test_compliance_promql_mode(tmp_path: Path) -> None:
     assert [len(c.outcomes) for c in report.comparisons] == [
         COMPLIANCE_CASES, COMPLIANCE_CASES, COMPLIANCE_CASES * len(INSTANT_TIMES)], summary
     assert report.ok, f"{summary}\n{failures}"
+
+
+def test_counter_corrections_and_resets_per_window() -> None:
+    """rate/increase's reset corrections and changes/resets, found per window by binary
+    search over the block's resets, equal a sample-by-sample pass over each window (the
+    corrections summed in sample order from 0, as Prometheus 2.42 adds them)."""
+    import numpy as np
+
+    from gob_metrics.promql import rangefuncs
+    from gob_metrics.promql.values import Block, windows
+
+    rng = np.random.default_rng(7)
+    series = []
+    for n in (0, 1, 2, 40, 60):
+        t = np.sort(rng.choice(np.arange(0, 1_200_000, 1000), n, replace=False))
+        v = rng.normal(size=n) * 1e3
+        v[rng.random(n) < 0.1] = np.nan
+        v[rng.random(n) < 0.05] = np.inf
+        series.append((t.astype(np.int64), v))
+    block = Block.build([(("s", str(i)),) for i in range(len(series))], series)
+    end = np.arange(0, 1_300_000, 7000, dtype=np.int64)
+    w = windows(block, end, 300_000, end)
+    corr = rangefuncs._counter_corrections(w)
+    resets, _ = rangefuncs.changes_resets(w, True)
+    changes, _ = rangefuncs.changes_resets(w, False)
+    for i in range(len(series)):
+        for j in range(len(end)):
+            vals = block.values[w.lo[i, j]:w.hi[i, j]]
+            c, r, ch = 0.0, 0, 0
+            for a, b in itertools.pairwise(vals):
+                if b < a:
+                    c += a
+                    r += 1
+                if not (a == b or (np.isnan(a) and np.isnan(b))):
+                    ch += 1
+            assert corr[i, j] == c or (np.isnan(c) and np.isnan(corr[i, j]))
+            assert (resets[i, j], changes[i, j]) == (r, ch)

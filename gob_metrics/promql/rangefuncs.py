@@ -1,8 +1,10 @@
 """Functions over range vectors (``rate``, ``*_over_time``, ``deriv``, ...), evaluated for
 every series and step at once from the windows located by ``values.windows``.
 
-Most need only a window's first and last samples; the rest gather the window's samples
-into a ``(series, steps, width)`` array, a bounded number of series at a time.
+Most need only a window's first and last samples; counter resets and value changes are
+found once over the whole block and counted per window by binary search; the rest gather
+the window's samples into a ``(series, steps, width)`` array, a bounded number of series at
+a time.
 """
 
 from __future__ import annotations
@@ -104,6 +106,53 @@ def _window_quantile(q: np.ndarray, v: np.ndarray, m: np.ndarray) -> np.ndarray:
     return sorted_quantile(qq, vv, mm).reshape(rows, steps)
 
 
+def _pair_hits(w: Windows, hit: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``hit[i]`` flags the pair of samples ``(i, i + 1)`` of the block. Returns the sorted
+    block indices ``i + 1`` of the flagged pairs and, per series and step, the range
+    ``[start, stop)`` of them inside the window: a window ``[lo, hi)`` holds the pairs
+    ending at ``lo + 1 .. hi - 1``, all within one series (pairs across two series never
+    fall inside a window)."""
+    pos = np.flatnonzero(hit) + 1
+    start = np.searchsorted(pos, w.lo + 1, side="left")
+    stop = np.maximum(np.searchsorted(pos, w.hi, side="left"), start)
+    return pos, start, stop
+
+
+def _counter_corrections(w: Windows) -> np.ndarray:
+    """Per series and step, the sum of the values just before each counter reset in the
+    window, added in sample order starting from 0 as Prometheus 2.42 does.
+
+    O(samples + windows + resets in windows): the resets are found once over the whole
+    block and located per window by binary search, rather than every window's samples
+    being gathered (samples x window length)."""
+    out = np.zeros(w.lo.shape)
+    v = w.block.values
+    if len(v) < 2 or out.size == 0:
+        return out
+    with np.errstate(all="ignore"):
+        pos, start, stop = _pair_hits(w, v[1:] < v[:-1])
+    if pos.size == 0:
+        return out
+    before = v[pos - 1]
+    flat = out.reshape(-1)
+    sel = np.flatnonzero((stop > start).reshape(-1))
+    cur = start.reshape(-1)[sel]
+    left = (stop - start).reshape(-1)[sel]
+    acc = np.zeros(sel.size)
+    with np.errstate(all="ignore"):
+        # k-th reset of every window that has one, in order: sequential float summation,
+        # only over the windows still holding resets
+        while sel.size:
+            acc += before[cur]
+            cur += 1
+            left -= 1
+            done = left == 0
+            flat[sel[done]] = acc[done]
+            keep = ~done
+            sel, cur, left, acc = sel[keep], cur[keep], left[keep], acc[keep]
+    return out
+
+
 def extrapolated_rate(w: Windows, is_counter: bool, is_rate: bool
                       ) -> tuple[np.ndarray, np.ndarray]:
     """rate/increase/delta with Prometheus 2.42's extrapolation to the window edges."""
@@ -114,13 +163,7 @@ def extrapolated_rate(w: Windows, is_counter: bool, is_rate: bool
     with np.errstate(all="ignore"):
         result = last_v - first_v
         if is_counter:
-            def drops(v, t, m):
-                prev = v[..., :-1]
-                cur = v[..., 1:]
-                pair = m[..., 1:]
-                return np.where(pair & (cur < prev), prev, 0.0).sum(axis=-1)
-
-            result = result + _reduce(w, drops)
+            result = result + _counter_corrections(w)
         range_start = (w.end - w.range)[None, :]
         range_end = w.end[None, :]
         to_start = (first_t - range_start) / 1000.0
@@ -162,13 +205,16 @@ def instant_rate(w: Windows, is_rate: bool) -> tuple[np.ndarray, np.ndarray]:
 
 
 def changes_resets(w: Windows, resets: bool) -> tuple[np.ndarray, np.ndarray]:
-    def fn(v, t, m):
-        prev, cur, pair = v[..., :-1], v[..., 1:], m[..., 1:]
-        same = (cur == prev) | (np.isnan(cur) & np.isnan(prev))
-        hit = (cur < prev) if resets else ~same
-        return (pair & hit).sum(axis=-1).astype(np.float64)
-
-    return _reduce(w, fn), w.count > 0
+    """Count of value changes (NaN to NaN is none) or of drops in each window, from one
+    pass over the block and binary searches per window."""
+    v = w.block.values
+    if len(v) < 2:
+        return np.zeros(w.lo.shape), w.count > 0
+    prev, cur = v[:-1], v[1:]
+    with np.errstate(all="ignore"):
+        hit = (cur < prev) if resets else ~((cur == prev) | (np.isnan(cur) & np.isnan(prev)))
+    _, start, stop = _pair_hits(w, hit)
+    return (stop - start).astype(np.float64), w.count > 0
 
 
 def _regression(v: np.ndarray, t: np.ndarray, m: np.ndarray, intercept_t: np.ndarray
