@@ -210,6 +210,8 @@ class LookupCache:
             await self.redis.call("lookup_invalidate", incr)
         except RedisUnavailable:
             self._stale.update(tenants)
+        else:
+            self._stale.difference_update(tenants)
 
     async def invalidate(self, tenant: str) -> None:
         """Make every cached lookup of ``tenant`` unreachable (after a deletion)."""
@@ -223,6 +225,3 @@ class LookupCache:
         """Redis is back: move the epochs of the tenants it missed while it was away."""
         if self._stale:
             await self.new_series(list(self._stale))
-            # new_series re-adds them if Redis failed again; drop those it reached.
-            if self.redis.up:
-                self._stale.clear()
