@@ -173,7 +173,11 @@ def main() -> None:
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--settle", type=float, default=60.0,
                     help="seconds between the last load and the first timed query")
+    ap.add_argument("--selector", action="append", default=[], metavar="PROMQL",
+                    help="an instant query to time instead of the built-in ones (repeatable)")
     args = ap.parse_args()
+    if args.selector:
+        SELECTORS[:] = [(q, "query", q) for q in args.selector]
     bodies = br.build_bodies(args.series, args.rounds, args.per_request, args.hosts)
     # build_bodies ends its samples 15 s before it was called: query at the last one.
     end_s = time.time() - 15
@@ -200,7 +204,8 @@ def main() -> None:
         for sel, r in res.items():
             if r["answer"] != reference[sel]["answer"]:
                 raise RuntimeError(f"{title} answers {sel!r} differently from {modes[0]}")
-    print(f"\n{'selector':22}{'series':>7}" + "".join(f"{m + ' repeat':>18}" for m in modes)
+    width = max(22, *(len(t) + 2 for t, _, _ in SELECTORS))
+    print(f"\n{'selector':{width}}{'series':>7}" + "".join(f"{m + ' repeat':>18}" for m in modes)
           + "".join(f"{m + ' miss':>18}" for m in modes if m in CACHED))
     for sel in reference:
         cells = []
@@ -211,7 +216,7 @@ def main() -> None:
             if m in CACHED:
                 miss = table[m][sel]["miss"]
                 cells.append(f"{statistics.median(miss) * 1000:8.1f} / {_ms(miss, 0.9):6.1f}")
-        print(f"{sel:22}{reference[sel]['series']:>7}" + "".join(f"{c:>18}" for c in cells))
+        print(f"{sel:{width}}{reference[sel]['series']:>7}" + "".join(f"{c:>18}" for c in cells))
 
 
 if __name__ == "__main__":
