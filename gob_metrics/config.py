@@ -222,8 +222,9 @@ class RedisConfig:
     retry_interval: Duration = 1.0
     #: time a cached label lookup (matchers -> series ids) lives, minus up to 20% jitter.
     lookup_cache_ttl: Duration = 300.0
-    #: lookups matching more series than this are not cached.
-    lookup_cache_max_series: int = 100_000
+    #: lookups matching more series than this are not cached (binding the ids costs more
+    #: than the matcher scan they save beyond a few thousand: docs/tenancy.md).
+    lookup_cache_max_series: int = 5_000
 
 
 @dataclass

@@ -108,7 +108,7 @@ async def measure(bases: dict[str, str], end_s: float, queries: int, warmup: int
 class Server:
     """``gob-metrics serve`` for one mode (and its redis-server), loaded with the workload."""
 
-    def __init__(self, mode: str, workdir: Path) -> None:
+    def __init__(self, mode: str, workdir: Path, settings: list[str]) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.mode = mode
         self.redis_proc: subprocess.Popen | None = None
@@ -136,7 +136,8 @@ class Server:
             [sys.executable, "-m", "gob_metrics", "serve", "--listen", f"127.0.0.1:{port}",
              "--data-dir", str(workdir / "data"), "--log-level", "warning",
              "--set", "limits.ingestion_rate=0", "--set", "limits.max_global_series_per_user=0",
-             *extra], cwd=br.REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+             *extra, *(arg for kv in settings for arg in ("--set", kv))],
+            cwd=br.REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
 
     def load(self, bodies: list[bytes], concurrency: int) -> None:
@@ -173,6 +174,8 @@ def main() -> None:
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--settle", type=float, default=60.0,
                     help="seconds between the last load and the first timed query")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a setting for every server, e.g. redis.lookup_cache_max_series=100000")
     ap.add_argument("--selector", action="append", default=[], metavar="PROMQL",
                     help="an instant query to time instead of the built-in ones (repeatable)")
     args = ap.parse_args()
@@ -185,7 +188,7 @@ def main() -> None:
           f"per selector (median and p90, ms)", flush=True)
     modes = args.modes.split(",")
     with tempfile.TemporaryDirectory(prefix="gob-bench-lookup-") as tmp:
-        servers = {m: Server(m, Path(tmp) / m) for m in modes}
+        servers = {m: Server(m, Path(tmp) / m, args.set) for m in modes}
         try:
             for server in servers.values():
                 server.load(bodies, args.concurrency)

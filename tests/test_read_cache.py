@@ -11,6 +11,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+import pyarrow as pa
 import pytest
 import redis as redis_sync
 import snappy
@@ -20,7 +21,8 @@ from gob_metrics.app import build_app
 from gob_metrics.config import RedisConfig
 from gob_metrics.keys import LOOKUP_CACHE, REDIS, STORAGE
 from gob_metrics.proto.prometheus import remote_pb2, types_pb2
-from gob_metrics.read import codec
+from gob_metrics.read import codec, select
+from gob_metrics.read.matchers import MatchType, new_matcher
 from gob_metrics.tenants.lookup_cache import LookupCache
 from gob_metrics.tenants.redis_layer import RedisLayer
 from tests.conftest import CLICKHOUSE_URL
@@ -237,6 +239,26 @@ async def test_cache_off_answers_the_same(aiohttp_client: Any, make_config: Any)
         assert await read(client) == {"a"}
     assert all("Array(UInt128)" not in sql for sql in seen)
     assert lookups(client, "miss") == lookups(client, "hit") == 0
+
+
+async def test_many_ids_bind_without_stalling_the_engine(gob_client: Any) -> None:
+    """70,000 ids (as a raised redis.lookup_cache_max_series allows): bound as a subquery
+    over the array. As a constant set (``IN {ids:Array(UInt128)}``) the embedded engine
+    spent minutes on this query, holding the engine."""
+    storage = gob_client.app[STORAGE]
+    n = 70_000
+    ids = [(i * 2654435761 + 1).to_bytes(16, "little") for i in range(n)]
+    await storage.insert("series", pa.table({
+        "tenant": ["anonymous"] * n, "series_id": pa.array(ids, pa.binary(16)),
+        "metric_name": ["m"] * n,
+        "labels": pa.array([[("i", str(i))] for i in range(n)],
+                           pa.map_(pa.string(), pa.string()))}))
+    selector = select.new_selector([new_matcher(MatchType.EQ, "__name__", "m")], 0, NOW)
+    sql, params = select.select_sql(storage, selector, "anonymous", select.Limits(), ids)
+    started = time.monotonic()
+    table = await asyncio.wait_for(storage.query(sql, params), 60)
+    assert table.num_rows == 0  # no samples
+    assert time.monotonic() - started < 10
 
 
 # ------------------------------------------------------------------- with Redis

@@ -164,6 +164,16 @@ def series_condition(matchers: Sequence[Matcher], params: dict[str, object],
                         for i, m in enumerate(matchers))
 
 
+def id_set(key: str) -> str:
+    """The right side of ``series_id IN`` for the bound id array ``key``.
+
+    A subquery over the array, not the array itself: the embedded ClickHouse took minutes
+    (holding the engine) on a constant set of more than about 60,000 ids tested against a
+    key column, where the subquery's set takes 0.16 s for 100,000 and the primary key
+    is used the same way (``EXPLAIN indexes=1``)."""
+    return f"(SELECT arrayJoin({{{key}:Array(UInt128)}}))"
+
+
 def ids_condition(matchers: Sequence[Matcher], ids: Sequence[bytes], params: dict[str, object],
                   key: str = "ids") -> str:
     """SQL selecting the ``series`` rows of known ids (cached for ``matchers``), adding the
@@ -171,7 +181,7 @@ def ids_condition(matchers: Sequence[Matcher], ids: Sequence[bytes], params: dic
     tenant, so ClickHouse reads only that metric's granules (the id bloom filter does the
     rest); every other matcher is already answered by the ids."""
     params[key] = [int.from_bytes(i, "little") for i in ids]
-    cond = f"series_id IN {{{key}:Array(UInt128)}}"
+    cond = f"series_id IN {id_set(key)}"
     for m in matchers:
         if m.name == METRIC_NAME and m.type is MatchType.EQ:
             params[f"{key}_name"] = m.value
@@ -192,7 +202,7 @@ def _source(storage: Storage, selector: Selector, tenant: str,
                   f"WHERE tenant = {{tenant:String}} AND {cond})")
     else:
         cond = ids_condition(selector.matchers, ids, params)
-        ids_in = "{ids:Array(UInt128)}"
+        ids_in = id_set("ids")
     labels = (f"SELECT series_id, metric_name, labels FROM {db}.{schema.SERIES} "
               f"WHERE tenant = {{tenant:String}} AND {cond} LIMIT 1 BY series_id")
     return ids_in, labels, params
