@@ -181,7 +181,7 @@ class SeriesRegistry:
             # process may just not know them yet, e.g. after a restart) before refusing.
             for sid in await self._in_series_table(tenant, list(bad)):
                 del bad[sid]
-                self.cache.add_many([(unique[sid].key, unique.pop(sid).entry)])
+                self.cache.add_many([(unique[sid].key, unique.pop(sid).series_id)])
         part.new_series = [s for s in part.new_series if s.series_id in unique]
         if bad:
             part.drop_series(bad)
@@ -220,7 +220,7 @@ class SeriesRegistry:
             member, metric_counts, total = await self.redis.call("series_lookup", probe)
         except RedisUnavailable:
             return 0, {}
-        known = [(unique[sid].key, unique.pop(sid).entry)
+        known = [(unique[sid].key, unique.pop(sid).series_id)
                  for sid, hit in zip(ids, member, strict=True) if hit]
         if known:
             self.cache.add_many(known)
@@ -231,7 +231,7 @@ class SeriesRegistry:
         """Called by the writer once the rows of ``series`` are durable, before the write
         is acknowledged: a query sent after the answer must not get a cached lookup made
         before these series existed (read-your-writes through the lookup cache)."""
-        self.cache.add_many([(s.key, s.entry) for s in series])
+        self.cache.add_many([(s.key, s.series_id) for s in series])
         await self.lookups.new_series({s.key[0] for s in series})
         if self.redis.enabled:
             self._backlog.extend((s.key[0], s.series_id, s.metric_name) for s in series)

@@ -1,5 +1,8 @@
 """remote_write 1.0 body decoding: pure functions over bytes.
 
+The protobuf is read by the C wire scanner ``_wire.scan`` (gob_metrics/write/_wire.c): one
+pass, flat arrays out, so the per-series Python work is a dict lookup (see prepare.py).
+
 The snappy block's declared length is read and checked against the limit *before*
 decompressing, so a small body that claims gigabytes (a snappy bomb) is refused without
 allocating anything.
@@ -7,13 +10,17 @@ allocating anything.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import snappy
 from google.protobuf.message import DecodeError
 
 from gob_metrics.errors import BadRequest, PayloadTooLarge
 from gob_metrics.proto.gob import ingest_pb2
+from gob_metrics.write import _wire
 
-RawWriteRequest = ingest_pb2.RawWriteRequest
+RawTimeSeries = ingest_pb2.RawTimeSeries
 
 
 def snappy_declared_length(body: bytes) -> int:
@@ -50,11 +57,57 @@ def decompress(body: bytes, max_decompressed_bytes: int) -> bytes:
     return bytes(data)
 
 
-def parse_write_request(data: bytes) -> RawWriteRequest:
-    """Parse a serialized prometheus.WriteRequest into its raw (bytes-labelled) view."""
-    req = RawWriteRequest()
+@dataclass(frozen=True)
+class ScannedRequest:
+    """A WriteRequest as the wire scanner (``_wire.scan``) returns it: flat arrays, one
+    entry per TimeSeries or per float sample, and no Python object per label or sample."""
+
+    keys: list[bytes]  # per series: its label entries as sent (the series cache key)
+    info: np.ndarray  # per series, uint32: samples, histograms, label shape (see _wire.c)
+    timestamps: np.ndarray  # int64 per float sample, series after series
+    values: np.ndarray  # float64 per float sample
+    metadata: list[bytes]  # each a serialized MetricMetadata
+
+    @property
+    def samples(self) -> np.ndarray:
+        return self.info[:, 0]
+
+    @property
+    def histograms(self) -> np.ndarray:
+        return self.info[:, 1]
+
+    @property
+    def shapes(self) -> np.ndarray:
+        """Labels with a value (``__name__`` included), longest name, longest value."""
+        return self.info[:, 2:]
+
+
+def parse_write_request(data: bytes) -> ScannedRequest:
+    """Scan a serialized prometheus.WriteRequest; 400 when it is not a valid message."""
     try:
-        req.ParseFromString(data)
-    except DecodeError as exc:
+        keys, info, ts, vals, metadata = _wire.scan(data)
+    except ValueError as exc:
         raise BadRequest(f"invalid protobuf WriteRequest: {exc}") from exc
-    return req
+    return ScannedRequest(
+        keys,
+        np.frombuffer(info, np.uint32).reshape(-1, _wire.INFO_FIELDS),
+        np.frombuffer(ts, np.int64),
+        np.frombuffer(vals, np.float64),
+        metadata,
+    )
+
+
+def series_labels(key: bytes) -> tuple[bytes, ...]:
+    """The serialized Label messages of a series cache key (label entries as sent)."""
+    try:
+        return tuple(RawTimeSeries.FromString(key).labels)
+    except DecodeError as exc:  # the scanner accepted them: cannot happen
+        raise BadRequest(f"invalid protobuf WriteRequest: {exc}") from exc
+
+
+def parse_metadata(raw: bytes) -> ingest_pb2.RawMetricMetadata:
+    """Decode one MetricMetadata entry (the scanner checked it is well-formed)."""
+    try:
+        return ingest_pb2.RawMetricMetadata.FromString(raw)
+    except DecodeError as exc:
+        raise BadRequest(f"invalid protobuf WriteRequest: metadata: {exc}") from exc

@@ -18,7 +18,8 @@ import numpy as np
 from gob_metrics.config import Limits
 from gob_metrics.proto.gob import ingest_pb2
 from gob_metrics.tenants.limits import limit_message
-from gob_metrics.write.series import InvalidSeries, SeriesCache, canonicalize
+from gob_metrics.write.decode import ScannedRequest, parse_metadata, series_labels
+from gob_metrics.write.series import CacheKey, InvalidSeries, SeriesCache, canonicalize
 
 # Discard reasons: the `reason` label of gob_discarded_samples_total (Mimir's where one
 # exists; greater_than_max_sample_age is Cortex's).
@@ -39,10 +40,7 @@ _METRIC_TYPES = {0: "unknown", 1: "counter", 2: "gauge", 3: "histogram",
 _MAX_REPORTED_ERRORS = 5
 _UNLIMITED = sys.maxsize
 
-# What the series cache remembers of a registered series: its id and the shape the
-# per-tenant label limits are checked against on every request (label count, longest name,
-# longest value, in bytes), so a cached series never needs its labels decoded again.
-CacheEntry = tuple[bytes, int, int, int]
+_ID = np.dtype((np.void, 16))  # a series id as numpy sees it
 
 
 @dataclass(frozen=True)
@@ -78,11 +76,10 @@ class WriteLimits:
 
 @dataclass
 class NewSeries:
-    key: tuple[str, tuple[bytes, ...]]
+    key: CacheKey  # (tenant, label entries as sent): what the series cache remembers it by
     series_id: bytes
     metric_name: str
     labels: dict[str, str]
-    entry: CacheEntry = (b"", 0, 0, 0)
     index: int = -1  # position in the request, for error messages
 
 
@@ -170,108 +167,79 @@ def _byte_len(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode())
 
 
-def series_shape(metric_name: str, labels: dict[str, str]) -> tuple[int, int, int]:
-    """(labels including __name__, longest name, longest value) in bytes, as Mimir counts."""
-    longest_name = max([8, *map(_byte_len, labels)])  # 8: len("__name__")
-    longest_value = max([_byte_len(metric_name), *map(_byte_len, labels.values())])
-    return len(labels) + 1, longest_name, longest_value
-
-
 def describe_series(metric_name: str, labels: dict[str, str], limit: int = 160) -> str:
     text = metric_name + "{" + ", ".join(f"{k}={v!r}" for k, v in labels.items()) + "}"
     return text if len(text) <= limit else text[:limit] + "...}"
 
 
-def _shape_problem(index: int, raw: tuple[bytes, ...], entry: CacheEntry,
+def _shape_problem(index: int, key: bytes, shape: np.ndarray,
                    lim: WriteLimits) -> tuple[str, str]:
     """The reason and message for a series over a label limit (decodes its labels again:
-    rare, and it names the offending label)."""
-    _, name, labels = canonicalize(raw)
+    rare, and it names the offending label). ``shape`` is the scanner's (labels, longest
+    name, longest value)."""
+    names, name_len, value_len = (int(x) for x in shape)
+    _, name, labels = canonicalize(series_labels(key))
     what = f"series {index} ({describe_series(name, labels)})"
     pairs = [("__name__", name), *labels.items()]
     max_names = lim.max_label_names_per_series
-    if max_names and entry[1] > max_names:
+    if max_names and names > max_names:
         return REASON_MAX_LABEL_NAMES, (
-            f"{what}: {entry[1]} labels exceed "
+            f"{what}: {names} labels exceed "
             f"{limit_message('max_label_names_per_series', max_names, lim.tenant)}")
-    if lim.max_label_name_length and entry[2] > lim.max_label_name_length:
-        label = next(k for k, _ in pairs if _byte_len(k) == entry[2])
+    if lim.max_label_name_length and name_len > lim.max_label_name_length:
+        label = next(k for k, _ in pairs if _byte_len(k) == name_len)
         return REASON_LABEL_NAME_TOO_LONG, (
-            f"{what}: label name {label[:40]!r}... of {entry[2]} bytes exceeds "
+            f"{what}: label name {label[:40]!r}... of {name_len} bytes exceeds "
             f"{limit_message('max_label_name_length', lim.max_label_name_length, lim.tenant)}")
-    label = next(k for k, v in pairs if _byte_len(v) == entry[3])
+    label = next(k for k, v in pairs if _byte_len(v) == value_len)
     return REASON_LABEL_VALUE_TOO_LONG, (
-        f"{what}: value of label {label!r} of {entry[3]} bytes exceeds "
+        f"{what}: value of label {label!r} of {value_len} bytes exceeds "
         f"{limit_message('max_label_value_length', lim.max_label_value_length, lim.tenant)}")
 
 
-def prepare(
-    req: ingest_pb2.RawWriteRequest,
-    tenant: str,
-    cache: SeriesCache,
-    limits: WriteLimits,
-) -> Prepared:
-    """Resolve and validate every series of ``req`` for ``tenant`` under ``limits``."""
+def prepare(req: ScannedRequest, tenant: str, cache: SeriesCache,
+            limits: WriteLimits) -> Prepared:
+    """Resolve and validate every series of ``req`` for ``tenant`` under ``limits``.
+
+    The per-series work in Python is one dict lookup by the series' raw label bytes
+    (``map(dict.get, keys)``); everything per sample is numpy. Only a series this process
+    has not registered yet has its labels decoded, validated and hashed (``canonicalize``).
+    """
     out = Prepared(tenant=tenant)
-    ids: list[bytes] = []
-    ts: list[int] = []
-    vals: list[float] = []
-    local: dict[tuple[bytes, ...], CacheEntry] = {}
-    new: list[NewSeries] = out.new_series
-    # The loop below runs once per series of every request: it is the ingest hot path.
-    # Bound methods and the per-tenant dict lookup keep it near the cost of reading the
-    # protobuf fields (measured with the benchmark workload: see loadtest/README.md).
-    cached = cache.tenant_getter(tenant)
-    local_get = local.get
-    ts_append, vals_append, ids_append = ts.append, vals.append, ids.append
-    offsets_append, indexes_append = out.offsets.append, out.indexes.append
-    max_names = limits.max_label_names_per_series or _UNLIMITED
-    max_name_len = limits.max_label_name_length or _UNLIMITED
-    max_value_len = limits.max_label_value_length or _UNLIMITED
-    timeseries = req.timeseries
-    out.series_seen = len(timeseries)
-    for index, series in enumerate(timeseries):
-        samples = series.samples
-        if series.histograms:
-            out.reject(f"series {index}: native histograms are not supported",
-                       REASON_HISTOGRAM, len(series.histograms))
-        if not samples:
-            continue
-        raw = tuple(series.labels)
-        entry = cached(raw) or local_get(raw)
-        if entry is None:
-            try:
-                sid, name, labels = canonicalize(raw)
-            except InvalidSeries as exc:
-                out.reject(f"series {index}: {exc}", exc.reason, len(samples))
-                continue
-            entry = (sid, *series_shape(name, labels))
-            if entry[1] > max_names or entry[2] > max_name_len or entry[3] > max_value_len:
-                reason, message = _shape_problem(index, raw, entry, limits)
-                out.reject(message, reason, len(samples))
-                continue
-            new.append(NewSeries((tenant, raw), sid, name, labels, entry, index))
-            local[raw] = entry
-        elif entry[1] > max_names or entry[2] > max_name_len or entry[3] > max_value_len:
-            # Limits can change at run time (overrides): a cached series is checked again.
-            reason, message = _shape_problem(index, raw, entry, limits)
-            out.reject(message, reason, len(samples))
-            continue
-        offsets_append(len(ts))
-        indexes_append(index)
-        if len(samples) == 1:
-            sample = samples[0]
-            ts_append(sample.timestamp)
-            vals_append(sample.value)
-            ids_append(entry[0])
-        else:
-            for sample in samples:
-                ts_append(sample.timestamp)
-                vals_append(sample.value)
-            ids_append(entry[0] * len(samples))
-    out.timestamps = np.array(ts, dtype=np.int64)
-    out.values = np.array(vals, dtype=np.float64)
-    out.series_ids = b"".join(ids)
+    counts = req.samples
+    n = len(req.keys)
+    out.series_seen = n
+    for index in np.flatnonzero(req.histograms).tolist():
+        out.reject(f"series {index}: native histograms are not supported",
+                   REASON_HISTOGRAM, int(req.histograms[index]))
+    ids: list[bytes | None] = list(map(cache.tenant_getter(tenant), req.keys))
+    stored = counts > 0
+    if None in ids:
+        _resolve_new(req, ids, stored, out, limits)
+    shapes = req.shapes
+    over = stored & (
+        (shapes[:, 0] > (limits.max_label_names_per_series or _UNLIMITED))
+        | (shapes[:, 1] > (limits.max_label_name_length or _UNLIMITED))
+        | (shapes[:, 2] > (limits.max_label_value_length or _UNLIMITED)))
+    if over.any():
+        # Limits can change at run time (overrides): cached series are checked every time.
+        for index in np.flatnonzero(over).tolist():
+            reason, message = _shape_problem(index, req.keys[index], shapes[index], limits)
+            out.reject(message, reason, int(counts[index]))
+        stored &= ~over
+        out.new_series = [s for s in out.new_series if not over[s.index]]
+    kept = np.flatnonzero(stored)
+    kept_counts = counts[kept].astype(np.int64)
+    if len(kept) == n:
+        joined = b"".join(ids)  # type: ignore[arg-type]  # every id is resolved
+        out.timestamps, out.values = req.timestamps, req.values
+    else:
+        joined = b"".join([ids[i] for i in kept.tolist()])  # type: ignore[misc]
+        keep = np.repeat(stored, counts)
+        out.timestamps, out.values = req.timestamps[keep], req.values[keep]
+    out.series_ids = np.repeat(np.frombuffer(joined, _ID), kept_counts).tobytes()
+    out.indexes = kept.tolist()
+    out.offsets = (np.cumsum(kept_counts) - kept_counts).tolist()
     if len(out.timestamps):
         if int(out.timestamps.max()) > limits.max_timestamp_ms:
             _drop_out_of_bounds(out, out.timestamps > limits.max_timestamp_ms, limits, True)
@@ -279,8 +247,33 @@ def prepare(
                 and int(out.timestamps.min()) < limits.min_timestamp_ms):
             _drop_out_of_bounds(out, out.timestamps < limits.min_timestamp_ms, limits, False)
     for md in req.metadata:
-        _add_metadata(out, md, limits)
+        _add_metadata(out, parse_metadata(md), limits)
     return out
+
+
+def _resolve_new(req: ScannedRequest, ids: list[bytes | None], stored: np.ndarray,
+                 out: Prepared, limits: WriteLimits) -> None:
+    """Fill in the ids the cache did not know: decode, validate and hash those series
+    (a series sent twice in one request is decoded once). Invalid series are rejected and
+    cleared from ``stored``."""
+    local: dict[bytes, bytes] = {}
+    tenant = limits.tenant
+    counts = req.samples
+    for index, sid in enumerate(ids):
+        if sid is not None or not stored[index]:
+            continue
+        key = req.keys[index]
+        sid = local.get(key)
+        if sid is None:
+            try:
+                sid, name, labels = canonicalize(series_labels(key))
+            except InvalidSeries as exc:
+                out.reject(f"series {index}: {exc}", exc.reason, int(counts[index]))
+                stored[index] = False
+                continue
+            local[key] = sid
+            out.new_series.append(NewSeries((tenant, key), sid, name, labels, index))
+        ids[index] = sid
 
 
 def _add_metadata(out: Prepared, md: ingest_pb2.RawMetricMetadata, lim: WriteLimits) -> None:

@@ -16,7 +16,6 @@ import hashlib
 import re
 import struct
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from gob_metrics.proto.gob import ingest_pb2
 
@@ -104,14 +103,14 @@ def _show(name: bytes) -> str:
     return repr(name.decode("utf-8", errors="backslashreplace"))
 
 
-CacheKey = tuple[str, tuple[bytes, ...]]  # (tenant, raw label bytes as sent)
+CacheKey = tuple[str, bytes]  # (tenant, the series' label entries as sent)
 
 
 class SeriesCache:
-    """Remembers which series are registered, keyed by tenant and raw label bytes; the value
-    is what the write path needs of it (its id, and the shape its label limits check).
+    """Remembers which series are registered, keyed by tenant and the series' label entries
+    exactly as sent (see ``_wire.scan``); the value is the series id.
 
-    One dict per tenant, so the hot path looks a series up by its raw label tuple alone.
+    One dict per tenant, so the hot path looks a series up by its raw label bytes alone.
     Bounded: past ``capacity`` entries in all, the oldest half of every tenant's entries is
     dropped (insertion order), which costs one re-registration per evicted series that comes
     back. Only series whose registration is durable are put here.
@@ -119,23 +118,23 @@ class SeriesCache:
 
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self._tenants: dict[str, dict[tuple[bytes, ...], Any]] = {}
+        self._tenants: dict[str, dict[bytes, bytes]] = {}
         self._size = 0
 
     def __len__(self) -> int:
         return self._size
 
-    def _of(self, tenant: str) -> dict[tuple[bytes, ...], Any]:
+    def _of(self, tenant: str) -> dict[bytes, bytes]:
         ids = self._tenants.get(tenant)
         if ids is None:
             ids = self._tenants[tenant] = {}
         return ids
 
-    def tenant_getter(self, tenant: str) -> Callable[[tuple[bytes, ...]], Any]:
-        """The lookup of one tenant's entries by raw label tuple (``dict.get``)."""
+    def tenant_getter(self, tenant: str) -> Callable[[bytes], bytes | None]:
+        """The lookup of one tenant's series ids by raw label bytes (``dict.get``)."""
         return self._of(tenant).get
 
-    def get(self, key: CacheKey) -> Any:
+    def get(self, key: CacheKey) -> bytes | None:
         ids = self._tenants.get(key[0])
         return None if ids is None else ids.get(key[1])
 
@@ -146,7 +145,7 @@ class SeriesCache:
             self._size -= len(ids)
             ids.clear()
 
-    def add_many(self, items: Sequence[tuple[CacheKey, Any]]) -> None:
+    def add_many(self, items: Sequence[tuple[CacheKey, bytes]]) -> None:
         for (tenant, raw), value in items:
             ids = self._of(tenant)
             before = len(ids)
