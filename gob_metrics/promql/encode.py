@@ -61,26 +61,69 @@ def format_time(ms: int) -> str:
     return f"{sign}{whole}.{frac:03d}" if frac else f"{sign}{whole}"
 
 
+def format_values(values: np.ndarray) -> list[str]:
+    """:func:`format_value` of every element, without a Python call per ordinary value:
+    ``repr`` (shortest round-trip digits, like Go's -1 precision) is already Go's text
+    for magnitudes in [1e-4, 1e16) except for the ``.0`` of integral values; everything
+    else (zeros, NaN, infinities, the exponent ranges) goes through format_value."""
+    v = np.asarray(values, np.float64)
+    out = list(map(repr, v.tolist()))
+    a = np.abs(v)
+    with np.errstate(invalid="ignore"):
+        plain = (a >= 1e-4) & (a < 1e16)
+    for i in np.flatnonzero(plain & (v == np.trunc(v))).tolist():
+        out[i] = out[i][:-2]
+    for i in np.flatnonzero(~plain).tolist():
+        out[i] = format_value(v[i])
+    return out
+
+
+def format_times(ms: np.ndarray) -> list[str]:
+    """:func:`format_time` of every element."""
+    t = np.asarray(ms, np.int64)
+    if len(t) and not (t % 1000).any():
+        return list(map(str, (t // 1000).tolist()))
+    return [format_time(x) for x in t.tolist()]
+
+
 def _metric(labels: Labels) -> str:
     return json.dumps(dict(labels), ensure_ascii=False, separators=(",", ":"))
 
 
 def vector_json(vec: Vec, t_ms: int) -> str:
     t = format_time(t_ms)
-    items = []
-    for lab, v, p in zip(vec.labels, vec.values[:, 0], vec.present[:, 0], strict=True):
-        if p:
-            items.append(f'{{"metric":{_metric(lab)},"value":[{t},"{format_value(v)}"]}}')
+    rows = np.flatnonzero(vec.present[:, 0])
+    texts = format_values(vec.values[rows, 0])
+    items = [f'{{"metric":{_metric(vec.labels[i])},"value":[{t},"{text}"]}}'
+             for i, text in zip(rows.tolist(), texts, strict=True)]
     return '{"resultType":"vector","result":[' + ",".join(items) + "]}"
 
 
 def matrix_json(series: list[tuple[Labels, np.ndarray, np.ndarray]]) -> str:
-    """``series``: (labels, timestamps ms, values) in output order."""
+    """``series``: (labels, timestamps ms, values) in output order, none empty.
+
+    Every point of every series is formatted in two vectorised passes (values, times)
+    and assembled with list slicing and one join per series, not an f-string per
+    point: the text is the same as formatting each point with format_time and
+    format_value."""
+    if not series:
+        return '{"resultType":"matrix","result":[]}'
+    times = format_times(np.concatenate([np.asarray(ts, np.int64) for _, ts, _ in series]))
+    values = format_values(np.concatenate([np.asarray(v, np.float64) for _, _, v in series]))
+    n = len(times)
+    parts: list[str] = [""] * (4 * n)
+    parts[0::4] = times
+    parts[1::4] = [',"'] * n
+    parts[2::4] = values
+    parts[3::4] = ['"],['] * n
     items = []
-    for lab, ts, vals in series:
-        points = ",".join(f'[{format_time(int(t))},"{format_value(float(v))}"]'
-                          for t, v in zip(ts, vals, strict=True))
-        items.append(f'{{"metric":{_metric(lab)},"values":[{points}]}}')
+    start = 0
+    for lab, ts, _ in series:
+        end = start + 4 * len(ts)
+        points = "".join(parts[start:end])[:-2] if end > start else ""
+        items.append(f'{{"metric":{_metric(lab)},"values":[[{points}]}}' if points
+                     else f'{{"metric":{_metric(lab)},"values":[]}}')
+        start = end
     return '{"resultType":"matrix","result":[' + ",".join(items) + "]}"
 
 
