@@ -97,19 +97,19 @@ class Timers:
         orig_eval = Evaluator.eval
         orig_matrix = encode.matrix_json
 
-        async def query(self, sql, params=None):
+        async def query(self, *args, **kwargs):
             w0, c0 = _clocks()
             try:
-                return await orig_query(self, sql, params)
+                return await orig_query(self, *args, **kwargs)
             finally:
                 w1, c1 = _clocks()
                 timers.sql.append((w0, w1, c0, c1))
                 timers.calls["sql"] += 1
 
-        async def fetch(self, storage, tenant):
+        async def fetch(self, *args, **kwargs):
             start = _clocks()
             try:
-                return await orig_fetch(self, storage, tenant)
+                return await orig_fetch(self, *args, **kwargs)
             finally:
                 timers.add("fetch", start)
 
@@ -132,7 +132,19 @@ class Timers:
                 timers.add("json", start)
                 timers.calls["points"] += sum(len(s[1]) for s in series)
 
+        orig_native = EmbeddedStorage.query_native
+
+        async def query_native(self, *args, **kwargs):
+            w0, c0 = _clocks()
+            try:
+                return await orig_native(self, *args, **kwargs)
+            finally:
+                w1, c1 = _clocks()
+                timers.sql.append((w0, w1, c0, c1))
+                timers.calls["sql"] += 1
+
         EmbeddedStorage.query = query
+        EmbeddedStorage.query_native = query_native
         Evaluator.fetch = fetch
         Evaluator.eval = evaluate
         encode.matrix_json = matrix_json

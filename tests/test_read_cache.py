@@ -138,6 +138,13 @@ def count_queries(client: Any) -> list[str]:
         return await original(sql, params)
 
     storage.query = query
+    original_native = storage.query_native
+
+    async def query_native(sql: str, params: Any = None) -> Any:
+        seen.append(sql)
+        return await original_native(sql, params)
+
+    storage.query_native = query_native
     return seen
 
 

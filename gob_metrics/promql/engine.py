@@ -144,11 +144,10 @@ class Evaluator:
 
         async def one(sel: ast.VectorSelector) -> Block:
             lo, hi = self.ranges[sel]
-            found = await select.select(
+            found = await select.select_columns(
                 storage, tenant, select.new_selector(sel.matchers, lo, hi),
                 self.settings.limits, lookups)
-            return Block.build([s.labels for s in found],
-                               [(s.timestamps, s.values) for s in found])
+            return Block(found.labels, found.timestamps, found.values, found.offsets)
 
         blocks = await asyncio.gather(*(one(s) for s in sels))
         for sel, block in zip(sels, blocks, strict=True):

@@ -118,6 +118,14 @@ class Storage(abc.ABC):
     async def query(self, sql: str, params: Params | None = None) -> pa.Table:
         """Run one SELECT and return its whole result as an Arrow table."""
 
+    #: whether :meth:`query_native` is implemented (a cheaper result format than Arrow).
+    native_results: bool = False
+
+    async def query_native(self, sql: str, params: Params | None = None) -> bytes:
+        """Run one SELECT and return its whole result in ClickHouse's Native format (read
+        with ``gob_metrics.read.native``). Only where ``native_results`` is true."""
+        raise NotImplementedError(f"{type(self).__name__} has no Native results")
+
     @abc.abstractmethod
     async def insert(self, table: str, data: pa.Table) -> None:
         """Insert the rows of ``data`` into ``table`` (a name in this database)."""

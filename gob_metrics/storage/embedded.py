@@ -188,6 +188,17 @@ class EmbeddedStorage(Storage):
         result = await self._run(self._query_sync, sql, "ArrowTable", params)
         return result if isinstance(result, pa.Table) else pa.table({})
 
+    native_results = True
+
+    def _native_sync(self, sql: str, params: Params | None) -> bytes:
+        result = self._query_sync(sql, "Native", params)
+        return result.bytes() if result is not None else b""
+
+    async def query_native(self, sql: str, params: Params | None = None) -> bytes:
+        """The result in Native format: chdb writes it in about half the CPU time of Arrow
+        and numeric columns need no conversion (see gob_metrics.read.native)."""
+        return await self._run(self._native_sync, sql, params)
+
     def _insert_sync(self, table: str, data: pa.Table) -> None:
         key = (table, tuple(data.column_names), tuple(str(t) for t in data.schema.types))
         select = self._insert_exprs.get(key)

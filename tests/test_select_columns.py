@@ -1,0 +1,77 @@
+"""The columnar selection (read.select.select_columns): the Native and the Arrow result
+paths agree, and rows that arrive out of order are put in order."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gob_metrics.keys import STORAGE
+from gob_metrics.read import select
+from gob_metrics.read.matchers import MatchType, new_matcher
+from tests.writes import HEADERS, STALE_NAN, body
+
+SERIES = [
+    ({"__name__": "m", "job": "b", "i": "2"}, [(t * 15_000, float(t)) for t in range(50)]),
+    ({"__name__": "m", "job": "a"}, [(t * 10_000, -0.5 * t) for t in range(3, 80)]),
+    ({"__name__": "m", "job": "c", "x": 'q"ü'}, [(0, math.nan), (5, STALE_NAN), (9, math.inf)]),
+    ({"__name__": "other", "job": "a"}, [(0, 1.0)]),
+]
+
+
+async def _select(storage: Any, start: int, end: int) -> select.Selection:
+    sel = select.new_selector([new_matcher(MatchType.EQ, "__name__", "m")], start, end)
+    return await select.select_columns(storage, "anonymous", sel, select.Limits())
+
+
+@pytest.mark.parametrize(("start", "end"), [(0, 10**7), (100_000, 400_000), (10**8, 10**9)])
+async def test_native_and_arrow_agree(gob_client: Any, start: int, end: int) -> None:
+    resp = await gob_client.post("/api/v1/write", data=body(SERIES), headers=HEADERS)
+    assert resp.status == 204
+    storage = gob_client.app[STORAGE]
+    assert storage.native_results
+    native = await _select(storage, start, end)
+    storage.native_results = False  # the Arrow path, as a ClickHouse server answers
+    try:
+        arrow = await _select(storage, start, end)
+    finally:
+        del storage.native_results
+    expected = []
+    for labels, samples in SERIES:
+        kept = [(t, v) for t, v in samples if start <= t <= end]
+        if labels["__name__"] == "m" and kept:
+            expected.append((tuple(sorted(labels.items())), kept))
+    expected.sort()
+    for got in (native, arrow):
+        assert got.labels == [lab for lab, _ in expected]
+        series = got.series()
+        for s, (_, kept) in zip(series, expected, strict=True):
+            assert s.timestamps.tolist() == [t for t, _ in kept]
+            assert s.values.view(np.uint64).tolist() == np.array(
+                [v for _, v in kept]).view(np.uint64).tolist()
+
+
+def test_out_of_order_rows_are_sorted() -> None:
+    names = ["m", "m", "m"]
+    label_rows = [[("k", "c")], [("k", "a")], [("k", "b")]]
+    ts = np.array([5, 1, 3, 2, 1, 7, 9, 8], np.int64)
+    vals = ts.astype(np.float64) * 10
+    offsets = np.array([0, 3, 5, 8], np.int64)
+    got = select._selection(names, label_rows, ts, vals, offsets, select.Limits())
+    assert [dict(lab)["k"] for lab in got.labels] == ["a", "b", "c"]
+    assert got.offsets.tolist() == [0, 2, 5, 8]
+    assert got.timestamps.tolist() == [1, 2, 7, 8, 9, 1, 3, 5]
+    assert got.values.tolist() == [10, 20, 70, 80, 90, 10, 30, 50]
+
+
+def test_limits_hold() -> None:
+    ts = np.arange(4, dtype=np.int64)
+    args = (["m", "m"], [[("k", "a")], [("k", "b")]], ts, ts * 1.0,
+            np.array([0, 2, 4], np.int64))
+    with pytest.raises(select.LimitExceeded, match="max_fetched_series_per_query"):
+        select._selection(*args, select.Limits(max_series=1))
+    with pytest.raises(select.LimitExceeded, match="max_fetched_chunks_per_query"):
+        select._selection(*args, select.Limits(max_samples=3))
