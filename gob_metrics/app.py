@@ -79,7 +79,7 @@ async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
     storage = create_storage(app[CONFIG])
     await storage.start()
     try:
-        await migrate(storage)
+        await migrate(storage, merge_selector_base=app[CONFIG].storage.samples_merge_selector_base)
         app[STORAGE] = storage
         yield
     finally:

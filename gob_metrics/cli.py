@@ -137,7 +137,8 @@ async def _with_storage(cfg: Config, action: str) -> None:
     storage = create_storage(cfg)
     await storage.start()
     try:
-        applied = await schema.migrate(storage)
+        applied = await schema.migrate(
+            storage, merge_selector_base=cfg.storage.samples_merge_selector_base)
         if action == "migrate":
             print(f"migrations applied: {applied or 'none (schema is up to date)'}")
         elif action == "optimize":

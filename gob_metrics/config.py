@@ -68,6 +68,12 @@ class ClickHouseConfig:
 class StorageConfig:
     #: ClickHouse database that holds the tables.
     database: str = "gob"
+    #: merge_selector_base of the samples table (ClickHouse's default is 5): how many
+    #: similar parts wait to be merged at once. 20 rewrites each sample fewer times, which
+    #: cut ClickHouse's CPU per ingested sample by about 30% on the ingest benchmark, for a
+    #: few more parts between merges. 0 keeps the table's setting. Applied at every start
+    #: (a server without the setting logs a warning and keeps its default).
+    samples_merge_selector_base: int = 20
     embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
     clickhouse: ClickHouseConfig = field(default_factory=ClickHouseConfig)
 
@@ -321,6 +327,7 @@ class Config:
             _check(value > 0, key, value, "a positive number")
         for key, value in [
             ("write.batch_min_samples", self.write.batch_min_samples),
+            ("storage.samples_merge_selector_base", self.storage.samples_merge_selector_base),
             ("storage.clickhouse.max_retries", self.storage.clickhouse.max_retries),
             ("tenancy.overrides_reload_period", self.tenancy.overrides_reload_period),
             ("tenancy.series_count_refresh", self.tenancy.series_count_refresh),

@@ -52,3 +52,21 @@ async def test_migrate_is_idempotent(gob_client: Any) -> None:
     assert {r["name"]: r["codec"] for r in codecs.to_pylist()} == {
         "series_id": "CODEC(ZSTD(1))", "tenant": "",
         "timestamp": "CODEC(DoubleDelta, ZSTD(1))", "value": "CODEC(Delta(8), ZSTD(1))"}
+
+
+async def _merge_selector_base(storage: Any) -> str:
+    t = await storage.query(
+        "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = "
+        "'samples'", {"db": storage.database})
+    full = t.column("engine_full")[0].as_py()
+    return full.split("merge_selector_base = ")[1].split(",")[0] if "merge_selector_base" \
+        in full else "default"
+
+
+async def test_samples_merge_selector_base_applied_at_start(gob_client: Any) -> None:
+    storage = gob_client.app[STORAGE]
+    assert await _merge_selector_base(storage) == "20"  # storage.samples_merge_selector_base
+    await migrate(storage, merge_selector_base=8)  # a changed value takes effect at start
+    assert await _merge_selector_base(storage) == "8"
+    await migrate(storage)  # 0: left as it is
+    assert await _merge_selector_base(storage) == "8"

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from gob_metrics.storage.base import Storage
+from gob_metrics.storage.base import Storage, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,10 @@ def load_migrations(sql_dir: Path = SQL_DIR) -> list[Migration]:
     return out
 
 
-async def migrate(storage: Storage, sql_dir: Path = SQL_DIR) -> list[int]:
-    """Apply the migrations not yet recorded; return the versions applied now."""
+async def migrate(storage: Storage, sql_dir: Path = SQL_DIR,
+                  merge_selector_base: int = 0) -> list[int]:
+    """Apply the migrations not yet recorded, then the samples table's merge setting
+    (``storage.samples_merge_selector_base``, 0 leaves it); return the versions applied."""
     db, cluster = storage.database, storage.cluster
     on_cluster = f"ON CLUSTER {cluster}" if cluster else ""
     await storage.execute(f"CREATE DATABASE IF NOT EXISTS {db} {on_cluster}")
@@ -113,4 +115,20 @@ async def migrate(storage: Storage, sql_dir: Path = SQL_DIR) -> list[int]:
         )
         log.info("migration applied", extra={"version": mig.version, "migration": mig.name})
         applied.append(mig.version)
+    if merge_selector_base:
+        await _set_merge_selector_base(storage, merge_selector_base)
     return applied
+
+
+async def _set_merge_selector_base(storage: Storage, base: int) -> None:
+    """A table setting, not a migration: it is tuning, re-applied at each start so that a
+    changed value takes effect, and older servers without it keep working."""
+    db, cluster = storage.database, storage.cluster
+    table = SAMPLES + ("_local" if cluster else "")
+    on_cluster = f"ON CLUSTER {cluster}" if cluster else ""
+    try:
+        await storage.execute(f"ALTER TABLE {db}.{table} {on_cluster} "
+                              f"MODIFY SETTING merge_selector_base = {int(base)}")
+    except StorageError as exc:
+        log.warning("storage.samples_merge_selector_base not applied (the server keeps its "
+                    "default)", extra={"error": str(exc)})
