@@ -13,6 +13,8 @@ import math
 from decimal import Decimal
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from gob_metrics.promql.values import Labels, Vec
 
@@ -61,29 +63,43 @@ def format_time(ms: int) -> str:
     return f"{sign}{whole}.{frac:03d}" if frac else f"{sign}{whole}"
 
 
-def format_values(values: np.ndarray) -> list[str]:
-    """:func:`format_value` of every element, without a Python call per ordinary value:
-    ``repr`` (shortest round-trip digits, like Go's -1 precision) is already Go's text
-    for magnitudes in [1e-4, 1e16) except for the ``.0`` of integral values; everything
-    else (zeros, NaN, infinities, the exponent ranges) goes through format_value."""
+def _value_texts(values: np.ndarray) -> pa.Array:
+    """format_value of every element as an Arrow string array.
+
+    Arrow's float-to-string cast writes the shortest round-trip digits (as Go and
+    Python do), in positional notation for moderate magnitudes and with an exponent
+    outside them (from about 1e15, and for many digits left of the point). Where it
+    wrote no exponent its text is Go's; every other element (Arrow's exponent forms,
+    NaN, infinities, Go's own exponent range) is formatted by format_value."""
     v = np.asarray(values, np.float64)
-    out = list(map(repr, v.tolist()))
+    texts = pc.cast(pa.array(v, pa.float64()), pa.string())
+    if not len(v):
+        return texts
     a = np.abs(v)
     with np.errstate(invalid="ignore"):
-        plain = (a >= 1e-4) & (a < 1e16)
-    for i in np.flatnonzero(plain & (v == np.trunc(v))).tolist():
-        out[i] = out[i][:-2]
-    for i in np.flatnonzero(~plain).tolist():
-        out[i] = format_value(v[i])
-    return out
+        odd = ~(((a >= 1e-6) & (a < 1e21)) | (a == 0))  # NaN is odd too
+    odd |= pc.match_substring(texts, "e").to_numpy(zero_copy_only=False)
+    if odd.any():
+        fixed = pa.array([format_value(x) for x in v[odd].tolist()], pa.string())
+        texts = pc.replace_with_mask(texts, pa.array(odd), fixed)
+    return texts
+
+
+def _time_texts(ms: np.ndarray) -> pa.Array:
+    t = np.asarray(ms, np.int64)
+    if not (t % 1000).any():
+        return pc.cast(pa.array(t // 1000), pa.string())
+    return pa.array([format_time(x) for x in t.tolist()], pa.string())
+
+
+def format_values(values: np.ndarray) -> list[str]:
+    """:func:`format_value` of every element (vectorised, see _value_texts)."""
+    return _value_texts(values).to_pylist()
 
 
 def format_times(ms: np.ndarray) -> list[str]:
     """:func:`format_time` of every element."""
-    t = np.asarray(ms, np.int64)
-    if len(t) and not (t % 1000).any():
-        return list(map(str, (t // 1000).tolist()))
-    return [format_time(x) for x in t.tolist()]
+    return _time_texts(ms).to_pylist()
 
 
 def _metric(labels: Labels) -> str:
@@ -100,30 +116,25 @@ def vector_json(vec: Vec, t_ms: int) -> str:
 
 
 def matrix_json(series: list[tuple[Labels, np.ndarray, np.ndarray]]) -> str:
-    """``series``: (labels, timestamps ms, values) in output order, none empty.
+    """``series``: (labels, timestamps ms, values) in output order.
 
-    Every point of every series is formatted in two vectorised passes (values, times)
-    and assembled with list slicing and one join per series, not an f-string per
-    point: the text is the same as formatting each point with format_time and
-    format_value."""
+    Points are formatted and joined in Arrow (one cast per column, one element-wise join
+    into ``[t,"v"]``, one list join per series) rather than in Python per point; the text
+    is the same as formatting each point with format_time and format_value."""
     if not series:
         return '{"resultType":"matrix","result":[]}'
-    times = format_times(np.concatenate([np.asarray(ts, np.int64) for _, ts, _ in series]))
-    values = format_values(np.concatenate([np.asarray(v, np.float64) for _, _, v in series]))
-    n = len(times)
-    parts: list[str] = [""] * (4 * n)
-    parts[0::4] = times
-    parts[1::4] = [',"'] * n
-    parts[2::4] = values
-    parts[3::4] = ['"],['] * n
-    items = []
-    start = 0
-    for lab, ts, _ in series:
-        end = start + 4 * len(ts)
-        points = "".join(parts[start:end])[:-2] if end > start else ""
-        items.append(f'{{"metric":{_metric(lab)},"values":[[{points}]}}' if points
-                     else f'{{"metric":{_metric(lab)},"values":[]}}')
-        start = end
+    lengths = np.fromiter((len(ts) for _, ts, _ in series), np.int64, len(series))
+    offsets = np.zeros(len(series) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    times = _time_texts(np.concatenate([np.asarray(ts, np.int64) for _, ts, _ in series]))
+    values = _value_texts(np.concatenate([np.asarray(v, np.float64) for _, _, v in series]))
+    lit = [pa.scalar(x, pa.large_string()) for x in ("[", ',"', '"]', "")]
+    points = pc.binary_join_element_wise(lit[0], times.cast(pa.large_string()), lit[1],
+                                         values.cast(pa.large_string()), lit[2], lit[3])
+    joined = pc.binary_join(pa.LargeListArray.from_arrays(pa.array(offsets), points),
+                            pa.scalar(",", pa.large_string()))
+    items = [f'{{"metric":{_metric(lab)},"values":[{text}]}}'
+             for (lab, _, _), text in zip(series, joined.to_pylist(), strict=True)]
     return '{"resultType":"matrix","result":[' + ",".join(items) + "]}"
 
 
