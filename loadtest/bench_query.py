@@ -261,9 +261,10 @@ def export_revision(rev: str, parent: Path) -> tuple[str, str]:
     dest = parent / f"gob-src-{commit[:12]}"
     if not (dest / "gob_metrics" / "__init__.py").exists():
         paths = ["gob_metrics"]
-        probe = subprocess.run([*git, "cat-file", "-e", f"{commit}:sql"], timeout=30)
-        if probe.returncode == 0:
-            paths.append("sql")
+        for extra in ("sql", "setup.py", "pyproject.toml"):
+            probe = subprocess.run([*git, "cat-file", "-e", f"{commit}:{extra}"], timeout=30)
+            if probe.returncode == 0:
+                paths.append(extra)
         tmp = parent / f"gob-src-{commit[:12]}.tmp{os.getpid()}"
         tmp.mkdir(parents=True)
         try:
@@ -274,6 +275,9 @@ def export_revision(rev: str, parent: Path) -> tuple[str, str]:
                 check=True,
             ).stdout
             subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, timeout=120, check=True)
+            if (tmp / "setup.py").exists():  # C extensions (the wire scanner), built in place
+                subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+                               cwd=tmp, capture_output=True, timeout=600, check=True)
             (tmp / "REVISION").write_text(commit + "\n")
             tmp.rename(dest)
         finally:
