@@ -51,6 +51,24 @@ def _reduce(w: Windows, fn) -> np.ndarray:
     return out
 
 
+def _window_reduce(w: Windows, ufunc: np.ufunc) -> np.ndarray:
+    """``ufunc`` over every window's samples in sample order (NaN where a window is empty),
+    with one ``reduceat`` over the block: window ``[lo, hi)`` is the segment between two
+    consecutive indices when its bounds are interleaved ``lo0, hi0, lo1, hi1, ...`` (the
+    segments ``[hi, next lo)`` in between are discarded). No (series, steps, width) array
+    is gathered; the work is still the sum of the windows' lengths, in one C loop."""
+    v = w.block.values
+    if len(v) == 0 or w.lo.size == 0:
+        return np.full(w.lo.shape, np.nan)
+    ext = np.append(v, 0.0)  # every index, an end == len(v) included, must be valid
+    idx = np.empty(2 * w.lo.size, np.int64)
+    idx[0::2] = w.lo.reshape(-1)
+    idx[1::2] = w.hi.reshape(-1)
+    with np.errstate(all="ignore"):
+        out = ufunc.reduceat(ext, idx)[0::2].reshape(w.lo.shape)
+    return np.where(w.hi > w.lo, out, np.nan)
+
+
 def _at(w: Windows, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if len(w.block.ts) == 0:
         return np.zeros(idx.shape), np.zeros(idx.shape, np.int64)
@@ -70,13 +88,14 @@ def over_time(name: str, w: Windows, q: np.ndarray | None = None
     if name == "last":
         return _at(w, w.hi - 1)[0], present
     if name == "sum":
-        out = _reduce(w, lambda v, t, m: np.where(m, v, 0.0).sum(axis=-1))
+        out = _window_reduce(w, np.add)
     elif name == "avg":
-        out = _reduce(w, lambda v, t, m: np.where(m, v, 0.0).sum(axis=-1) / m.sum(axis=-1))
-    elif name == "max":
-        out = _reduce(w, lambda v, t, m: np.fmax.reduce(np.where(m, v, np.nan), axis=-1))
+        with np.errstate(all="ignore"):
+            out = _window_reduce(w, np.add) / count
+    elif name == "max":  # Prometheus keeps a NaN only while every value was NaN: fmax
+        out = _window_reduce(w, np.fmax)
     elif name == "min":
-        out = _reduce(w, lambda v, t, m: np.fmin.reduce(np.where(m, v, np.nan), axis=-1))
+        out = _window_reduce(w, np.fmin)
     elif name in ("stddev", "stdvar"):
         out = _reduce(w, _variance)
         if name == "stddev":
