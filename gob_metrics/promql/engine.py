@@ -140,19 +140,28 @@ class Evaluator:
         lookup cache when ``lookups`` is given)."""
         q = self.query
         self.plan(q.node, q.start_ms, q.end_ms)
-        sels = list(self.ranges)
+        # Selectors with the same matchers (``rate(x[1m]) / sum(rate(x[1m]))``) are
+        # fetched once over the union of their ranges and share the block: every use
+        # locates its own windows by time, so samples outside its range are never read.
+        shared: dict[tuple, list[ast.VectorSelector]] = {}
+        for sel in self.ranges:
+            key = tuple(sorted((m.name, m.type.value, m.value) for m in sel.matchers))
+            shared.setdefault(key, []).append(sel)
+        groups = list(shared.values())
 
-        async def one(sel: ast.VectorSelector) -> Block:
-            lo, hi = self.ranges[sel]
+        async def one(sels: list[ast.VectorSelector]) -> Block:
+            lo = min(self.ranges[s][0] for s in sels)
+            hi = max(self.ranges[s][1] for s in sels)
             found = await select.select_columns(
-                storage, tenant, select.new_selector(sel.matchers, lo, hi),
+                storage, tenant, select.new_selector(sels[0].matchers, lo, hi),
                 self.settings.limits, lookups)
             return Block(found.labels, found.timestamps, found.values, found.offsets)
 
-        blocks = await asyncio.gather(*(one(s) for s in sels))
-        for sel, block in zip(sels, blocks, strict=True):
+        blocks = await asyncio.gather(*(one(g) for g in groups))
+        for sels, block in zip(groups, blocks, strict=True):
             self.count_samples(len(block.ts))
-            self.data[sel] = block
+            for sel in sels:
+                self.data[sel] = block
 
     # ------------------------------------------------------------------------ limits
 
