@@ -93,6 +93,7 @@ async def _batcher_ctx(app: web.Application) -> AsyncIterator[None]:
         writer,
         max_samples=cfg.write.batch_max_samples,
         min_samples=cfg.write.batch_min_samples,
+        linger=cfg.write.batch_linger,
         max_age=cfg.write.batch_max_age,
         max_pending=cfg.write.max_pending_samples,
         queue_timeout=cfg.write.queue_timeout,

@@ -150,3 +150,47 @@ async def test_close_flushes_pending_and_refuses_new() -> None:
     assert rec.batches == [7]
     with pytest.raises(Unavailable, match="shutting down"):
         await b.submit(part(1))
+
+
+async def test_linger_waits_for_fast_arrivals_to_double_the_batch() -> None:
+    """Idle with min_samples held and samples arriving fast: the batch lingers and the next
+    requests join it (one insert instead of two)."""
+    rec = Recorder()
+    b = batcher(rec, max_age=30, min_samples=20, linger=0.5)
+    b._rate = 1000.0  # as if 1,000 samples/s had been arriving
+    first = asyncio.create_task(b.submit(part(20)))
+    await asyncio.sleep(0.05)
+    assert rec.started == []  # 1000/s x 0.5 s would add 500 >= 20/2: it lingers
+    second = asyncio.create_task(b.submit(part(20)))
+    await asyncio.wait_for(asyncio.gather(first, second), 2)  # 40 = 2 x min: sealed at once
+    assert rec.batches == [40]
+    await b.close(1)
+
+
+async def test_linger_skipped_for_a_slow_sender() -> None:
+    rec = Recorder()
+    b = batcher(rec, max_age=30, min_samples=20, linger=5)
+    started = asyncio.get_running_loop().time()
+    await asyncio.wait_for(b.submit(part(20)), 2)  # no arrivals to wait for: no 5 s linger
+    assert rec.batches == [20]
+    assert asyncio.get_running_loop().time() - started < 1
+    await b.close(1)
+
+
+async def test_linger_is_bounded() -> None:
+    rec = Recorder()
+    b = batcher(rec, max_age=30, min_samples=20, linger=0.1)
+    b._rate = 10_000.0
+    started = asyncio.get_running_loop().time()
+    await asyncio.wait_for(b.submit(part(25)), 2)  # nothing more comes: sealed after linger
+    assert rec.batches == [25]
+    assert 0.09 <= asyncio.get_running_loop().time() - started < 1
+    await b.close(1)
+
+
+def test_arrival_rate_decays() -> None:
+    b = Batcher(Recorder(), max_samples=10, max_age=1, max_pending=10, queue_timeout=1)
+    b._count_arrival(1000)
+    assert 900 < b.arrival_rate() <= 1000
+    b._rate_at -= 3 * Batcher.RATE_TAU
+    assert b.arrival_rate() < 60
