@@ -207,7 +207,10 @@ class EmbeddedStorage(Storage):
             self._insert_exprs[key] = select
         sql = (
             f"INSERT INTO {self.database}.{table} ({', '.join(data.column_names)}) "
-            f"SETTINGS max_partitions_per_insert_block = 0 "
+            # optimize_on_insert = 0: no ReplacingMergeTree collapse within each inserted
+            # block (readers deduplicate (series_id, timestamp) anyway, merges do it on
+            # disk); 3-8% less CPU per insert of 20k samples (chdb, 3 interleaved runs).
+            f"SETTINGS max_partitions_per_insert_block = 0, optimize_on_insert = 0 "
             f"SELECT {select} FROM Python(gob_insert_data)"
         )
         gob_insert_data = data  # noqa: F841 - read by chdb's Python() table function
