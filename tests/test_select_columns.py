@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gob_metrics.keys import STORAGE
-from gob_metrics.read import select
+from gob_metrics.read import native, select
 from gob_metrics.read.matchers import MatchType, new_matcher
 from tests.writes import HEADERS, STALE_NAN, body
 
@@ -60,7 +60,8 @@ def test_out_of_order_rows_are_sorted() -> None:
     ts = np.array([5, 1, 3, 2, 1, 7, 9, 8], np.int64)
     vals = ts.astype(np.float64) * 10
     offsets = np.array([0, 3, 5, 8], np.int64)
-    got = select._selection(names, label_rows, ts, vals, offsets, select.Limits())
+    got = select._selection(names, label_rows, select._slices(ts, offsets),
+                            select._slices(vals, offsets), select.Limits())
     assert [dict(lab)["k"] for lab in got.labels] == ["a", "b", "c"]
     assert got.offsets.tolist() == [0, 2, 5, 8]
     assert got.timestamps.tolist() == [1, 2, 7, 8, 9, 1, 3, 5]
@@ -69,9 +70,29 @@ def test_out_of_order_rows_are_sorted() -> None:
 
 def test_limits_hold() -> None:
     ts = np.arange(4, dtype=np.int64)
-    args = (["m", "m"], [[("k", "a")], [("k", "b")]], ts, ts * 1.0,
-            np.array([0, 2, 4], np.int64))
+    offsets = np.array([0, 2, 4], np.int64)
+    args = (["m", "m"], [[("k", "a")], [("k", "b")]], select._slices(ts, offsets),
+            select._slices(ts * 1.0, offsets))
     with pytest.raises(select.LimitExceeded, match="max_fetched_series_per_query"):
         select._selection(*args, select.Limits(max_series=1))
     with pytest.raises(select.LimitExceeded, match="max_fetched_chunks_per_query"):
         select._selection(*args, select.Limits(max_samples=3))
+
+
+async def test_native_result_of_several_blocks(gob_client: Any) -> None:
+    storage = gob_client.app[STORAGE]
+    buf = await storage.query_native(
+        "SELECT 'm' AS metric_name, "
+        "CAST([('k', toString(number))], 'Array(Tuple(String, String))') AS labels, "
+        "CAST([10 - number, 20 - number], 'Array(Int64)') AS ts, "
+        "CAST([number * 0.5, nan], 'Array(Float64)') AS vals "
+        "FROM numbers(5) SETTINGS max_block_size = 2")
+    assert len(native.read_blocks(buf)) > 1
+    got = select._selection(*select._from_native(buf), select.Limits())
+    assert [dict(lab)["k"] for lab in got.labels] == ["0", "1", "2", "3", "4"]
+    assert got.offsets.tolist() == [0, 2, 4, 6, 8, 10]
+    assert got.timestamps.tolist() == [10, 20, 9, 19, 8, 18, 7, 17, 6, 16]
+    assert got.values[0::2].tolist() == [0.0, 0.5, 1.0, 1.5, 2.0]
+    assert np.isnan(got.values[1::2]).all()
+    rows, cols = native.read(buf)
+    assert rows == 5 and cols["ts"].offsets.tolist() == [0, 2, 4, 6, 8, 10]

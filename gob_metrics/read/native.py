@@ -109,21 +109,27 @@ def _concat(parts: list[Any]) -> Any:
     return Array(np.concatenate(offsets), _concat([p.values for p in parts]))
 
 
-def read(buf: bytes) -> tuple[int, dict[str, Any]]:
-    """(rows, columns by name) of a Native-format result."""
+def read_blocks(buf: bytes) -> list[tuple[int, dict[str, Any]]]:
+    """(rows, columns by name) of every block of a Native-format result; numeric arrays
+    are read-only views into ``buf``."""
     r = _Reader(buf)
-    names: list[str] = []
-    parts: dict[str, list[Any]] = {}
-    total = 0
+    blocks = []
     while r.pos < len(buf):
         ncols = r.varint()
         nrows = r.varint()
-        total += nrows
+        cols: dict[str, Any] = {}
         for _ in range(ncols):
             name = r.string()
-            typ = r.string()
-            if name not in parts:
-                names.append(name)
-                parts[name] = []
-            parts[name].append(r.column(typ, nrows))
-    return total, {n: _concat(parts[n]) for n in names}
+            cols[name] = r.column(r.string(), nrows)
+        blocks.append((nrows, cols))
+    return blocks
+
+
+def read(buf: bytes) -> tuple[int, dict[str, Any]]:
+    """(rows, columns by name) of a Native-format result, its blocks concatenated."""
+    blocks = read_blocks(buf)
+    if not blocks:
+        return 0, {}
+    names = list(blocks[0][1])
+    return (sum(n for n, _ in blocks),
+            {n: _concat([cols[n] for _, cols in blocks]) for n in names})

@@ -339,8 +339,15 @@ def _list_column(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     return offsets - offsets[0], arr.values[offsets[0]:offsets[-1]]
 
 
-def _from_arrow(table: pa.Table) -> tuple[list[str], list[list[tuple[str, str]]],
-                                            np.ndarray, np.ndarray, np.ndarray]:
+Parts = tuple[list[str], list[list[tuple[str, str]]], list[np.ndarray], list[np.ndarray]]
+
+
+def _slices(flat: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
+    o = offsets.tolist()
+    return [flat[o[i]:o[i + 1]] for i in range(len(o) - 1)]
+
+
+def _from_arrow(table: pa.Table) -> Parts:
     offsets, ts = _list_column(table.column("ts"))
     _, vals = _list_column(table.column("vals"))
     lab_offsets, pairs = _list_column(table.column("labels"))
@@ -348,60 +355,58 @@ def _from_arrow(table: pa.Table) -> tuple[list[str], list[list[tuple[str, str]]]
     lo = lab_offsets.tolist()
     label_rows = [flat[lo[i]:lo[i + 1]] for i in range(len(lo) - 1)]
     return (table.column("metric_name").to_pylist(), label_rows,
-            ts.to_numpy(zero_copy_only=False), vals.to_numpy(zero_copy_only=False), offsets)
+            _slices(ts.to_numpy(zero_copy_only=False), offsets),
+            _slices(vals.to_numpy(zero_copy_only=False), offsets))
 
 
-def _from_native(buf: bytes) -> tuple[list[str], list[list[tuple[str, str]]],
-                                     np.ndarray, np.ndarray, np.ndarray]:
-    rows, cols = native.read(buf)
-    if rows == 0:
-        return [], [], np.empty(0, np.int64), np.empty(0, np.float64), np.zeros(1, np.int64)
-    lab = cols["labels"]
-    names, values = lab.values
-    flat = list(zip(names, values, strict=True))
-    lo = lab.offsets.tolist()
-    label_rows = [flat[lo[i]:lo[i + 1]] for i in range(rows)]
-    return (cols["metric_name"], label_rows, cols["ts"].values, cols["vals"].values,
-            cols["ts"].offsets)
+def _from_native(buf: bytes) -> Parts:
+    """The rows of a Native result, block by block: each series' samples stay views into
+    the result until _selection copies them once, in label order."""
+    names: list[str] = []
+    label_rows: list[list[tuple[str, str]]] = []
+    ts: list[np.ndarray] = []
+    vals: list[np.ndarray] = []
+    for rows, cols in native.read_blocks(buf):
+        lab = cols["labels"]
+        flat = list(zip(*lab.values, strict=True))
+        lo = lab.offsets.tolist()
+        names += cols["metric_name"]
+        label_rows += [flat[lo[i]:lo[i + 1]] for i in range(rows)]
+        ts += _slices(cols["ts"].values, cols["ts"].offsets)
+        vals += _slices(cols["vals"].values, cols["vals"].offsets)
+    return names, label_rows, ts, vals
 
 
-def _selection(names: list[str], label_rows: list[list[tuple[str, str]]], ts: np.ndarray,
-               vals: np.ndarray, offsets: np.ndarray, limits: Limits) -> Selection:
+def _selection(names: list[str], label_rows: list[list[tuple[str, str]]],
+               ts_parts: list[np.ndarray], val_parts: list[np.ndarray],
+               limits: Limits) -> Selection:
     """One row per series (in no particular order, samples possibly unsorted) as a
-    :class:`Selection`: checked against the limits, samples by time, series by labels."""
+    :class:`Selection`: checked against the limits, series by labels, samples by time.
+    The samples are copied once, series by series in label order (one concatenate of
+    slices: a fancy-index gather of every sample cost several times more)."""
     limits.check_series(len(names))
-    limits.check_samples(len(ts))
-    ts = ts.astype(np.int64, copy=False)
-    vals = vals.astype(np.float64, copy=False)
-    unsorted: set[int] = set()
+    lengths = np.fromiter(map(len, ts_parts), np.int64, len(ts_parts))
+    limits.check_samples(int(lengths.sum()))
+    if not names:
+        return Selection.empty()
+    labels = [_labels(n, lm) for n, lm in zip(names, label_rows, strict=True)]
+    perm = sorted(range(len(labels)), key=labels.__getitem__)
+    labels = [labels[i] for i in perm]
+    ts = np.concatenate([ts_parts[i] for i in perm]).astype(np.int64, copy=False)
+    vals = np.concatenate([val_parts[i] for i in perm]).astype(np.float64, copy=False)
+    offsets = np.zeros(len(perm) + 1, np.int64)
+    np.cumsum(lengths[np.asarray(perm, np.int64)], out=offsets[1:])
     if len(ts) > 1:
         falling = ts[1:] <= ts[:-1]
         starts = offsets[1:-1]
         falling[starts[(starts > 0) & (starts < len(ts))] - 1] = False  # a new series
         if falling.any():  # rare: a series whose rows two threads aggregated
-            unsorted = set(np.searchsorted(offsets, np.flatnonzero(falling) + 1,
-                                           side="right").tolist())
-            unsorted = {i - 1 for i in unsorted}
-    labels = [_labels(n, lm) for n, lm in zip(names, label_rows, strict=True)]
-    perm = sorted(range(len(labels)), key=labels.__getitem__)
-    if unsorted or perm != list(range(len(labels))):
-        # Series by series (slices, then one concatenate): a fancy-index gather of every
-        # sample cost several times more.
-        o = offsets.tolist()
-        ts_parts, val_parts = [], []
-        for i in perm:
-            t, v = ts[o[i]:o[i + 1]], vals[o[i]:o[i + 1]]
-            if i in unsorted:
-                order = np.argsort(t, kind="stable")
-                t, v = t[order], v[order]
-            ts_parts.append(t)
-            val_parts.append(v)
-        lengths = np.diff(offsets)[np.asarray(perm, np.int64)]
-        offsets = np.zeros(len(perm) + 1, np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        ts, vals = np.concatenate(ts_parts), np.concatenate(val_parts)
-        labels = [labels[i] for i in perm]
-    return Selection(labels, np.ascontiguousarray(ts), np.ascontiguousarray(vals), offsets)
+            for i in set(np.searchsorted(offsets, np.flatnonzero(falling) + 1,
+                                         side="right").tolist()):
+                lo, hi = int(offsets[i - 1]), int(offsets[i])
+                order = np.argsort(ts[lo:hi], kind="stable")
+                ts[lo:hi], vals[lo:hi] = ts[lo:hi][order], vals[lo:hi][order]
+    return Selection(labels, ts, vals, offsets)
 
 
 async def select_columns(storage: Storage, tenant: str, selector: Selector, limits: Limits,
@@ -420,8 +425,6 @@ async def select_columns(storage: Storage, tenant: str, selector: Selector, limi
         if table.num_rows == 0:
             return Selection.empty()
         parts = _from_arrow(table)
-    if not parts[0]:
-        return Selection.empty()
     return _selection(*parts, limits)
 
 
