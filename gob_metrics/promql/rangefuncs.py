@@ -72,8 +72,7 @@ def _window_reduce(w: Windows, ufunc: np.ufunc) -> np.ndarray:
 def _at(w: Windows, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if len(w.block.ts) == 0:
         return np.zeros(idx.shape), np.zeros(idx.shape, np.int64)
-    idx = np.clip(idx, 0, len(w.block.ts) - 1)
-    return w.block.values[idx], w.block.ts[idx]
+    return w.block.values.take(idx, mode="clip"), w.block.ts.take(idx, mode="clip")
 
 
 def over_time(name: str, w: Windows, q: np.ndarray | None = None
