@@ -232,3 +232,13 @@ def test_random_corruptions_agree_with_protobuf() -> None:
             checked += 1
             accepted += ref is not None
     assert checked == 6000 and 500 < accepted < 5500
+
+
+def test_resolve_fills_ids_and_lists_misses() -> None:
+    ids = {b"k1": b"\x01" * 16, b"k3": b"\x03" * 16}
+    buf, missing = _wire.resolve(ids, [b"k1", b"k2", b"k3", b"k1", b""])
+    assert bytes(buf) == b"\x01" * 16 + b"\0" * 16 + b"\x03" * 16 + b"\x01" * 16 + b"\0" * 16
+    assert missing == [1, 4]
+    assert _wire.resolve({}, []) == (bytearray(), [])
+    with pytest.raises(TypeError):
+        _wire.resolve(ids, (b"k1",))  # type: ignore[arg-type]

@@ -424,7 +424,46 @@ done:
     return result;
 }
 
+/* resolve(ids, keys) -> (bytearray of 16 bytes per key, list of the indexes not found):
+ * the series cache lookup of one request, without a Python list of results to scan for
+ * misses. ``ids`` maps key bytes to 16-byte ids; a miss leaves 16 zero bytes. */
+static PyObject *resolve(PyObject *Py_UNUSED(module), PyObject *args) {
+    PyObject *ids, *keys;
+    if (!PyArg_ParseTuple(args, "O!O!:resolve", &PyDict_Type, &ids, &PyList_Type, &keys))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(keys);
+    PyObject *out = PyByteArray_FromStringAndSize(NULL, n * 16);
+    PyObject *missing = PyList_New(0);
+    if (out == NULL || missing == NULL)
+        goto fail;
+    char *dst = PyByteArray_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < n; i++, dst += 16) {
+        PyObject *sid = PyDict_GetItemWithError(ids, PyList_GET_ITEM(keys, i)); /* borrowed */
+        if (sid != NULL && PyBytes_Check(sid) && PyBytes_GET_SIZE(sid) == 16) {
+            memcpy(dst, PyBytes_AS_STRING(sid), 16);
+            continue;
+        }
+        if (sid == NULL && PyErr_Occurred())
+            goto fail;
+        memset(dst, 0, 16);
+        PyObject *index = PyLong_FromSsize_t(i);
+        if (index == NULL || PyList_Append(missing, index) < 0) {
+            Py_XDECREF(index);
+            goto fail;
+        }
+        Py_DECREF(index);
+    }
+    return Py_BuildValue("(NN)", out, missing);
+fail:
+    Py_XDECREF(out);
+    Py_XDECREF(missing);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"resolve", resolve, METH_VARARGS,
+     "resolve(ids, keys) -> (bytearray, missing): look every key up in the dict ``ids`` "
+     "(values: 16-byte series ids); 16 zero bytes and its index in ``missing`` for a miss."},
     {"scan", scan, METH_O,
      "scan(data) -> (keys, info, timestamps, values, metadata): one pass over a serialized "
      "prometheus.WriteRequest (see the module source for the layout)."},

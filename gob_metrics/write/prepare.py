@@ -18,6 +18,7 @@ import numpy as np
 from gob_metrics.config import Limits
 from gob_metrics.proto.gob import ingest_pb2
 from gob_metrics.tenants.limits import limit_message
+from gob_metrics.write import _wire
 from gob_metrics.write.decode import ScannedRequest, parse_metadata, series_labels
 from gob_metrics.write.series import CacheKey, InvalidSeries, SeriesCache, canonicalize
 
@@ -201,8 +202,8 @@ def prepare(req: ScannedRequest, tenant: str, cache: SeriesCache,
             limits: WriteLimits) -> Prepared:
     """Resolve and validate every series of ``req`` for ``tenant`` under ``limits``.
 
-    The per-series work in Python is one dict lookup by the series' raw label bytes
-    (``map(dict.get, keys)``); everything per sample is numpy. Only a series this process
+    The per-series work is one dict lookup by the series' raw label bytes, done in C
+    (``_wire.resolve``); everything per sample is numpy. Only a series this process
     has not registered yet has its labels decoded, validated and hashed (``canonicalize``).
     """
     out = Prepared(tenant=tenant)
@@ -212,10 +213,10 @@ def prepare(req: ScannedRequest, tenant: str, cache: SeriesCache,
     for index in np.flatnonzero(req.histograms).tolist():
         out.reject(f"series {index}: native histograms are not supported",
                    REASON_HISTOGRAM, int(req.histograms[index]))
-    ids: list[bytes | None] = list(map(cache.tenant_getter(tenant), req.keys))
+    ids, missing = _wire.resolve(cache.tenant_ids(tenant), req.keys)
     stored = counts > 0
-    if None in ids:
-        _resolve_new(req, ids, stored, out, limits)
+    if missing:
+        _resolve_new(req, ids, missing, stored, out, limits)
     shapes = req.shapes
     over = stored & (
         (shapes[:, 0] > (limits.max_label_names_per_series or _UNLIMITED))
@@ -230,14 +231,14 @@ def prepare(req: ScannedRequest, tenant: str, cache: SeriesCache,
         out.new_series = [s for s in out.new_series if not over[s.index]]
     kept = np.flatnonzero(stored)
     kept_counts = counts[kept].astype(np.int64)
+    per_series = np.frombuffer(ids, _ID)
     if len(kept) == n:
-        joined = b"".join(ids)  # type: ignore[arg-type]  # every id is resolved
         out.timestamps, out.values = req.timestamps, req.values
     else:
-        joined = b"".join([ids[i] for i in kept.tolist()])  # type: ignore[misc]
+        per_series = per_series[kept]
         keep = np.repeat(stored, counts)
         out.timestamps, out.values = req.timestamps[keep], req.values[keep]
-    out.series_ids = np.repeat(np.frombuffer(joined, _ID), kept_counts).tobytes()
+    out.series_ids = np.repeat(per_series, kept_counts).tobytes()
     out.indexes = kept.tolist()
     out.offsets = (np.cumsum(kept_counts) - kept_counts).tolist()
     if len(out.timestamps):
@@ -251,16 +252,16 @@ def prepare(req: ScannedRequest, tenant: str, cache: SeriesCache,
     return out
 
 
-def _resolve_new(req: ScannedRequest, ids: list[bytes | None], stored: np.ndarray,
+def _resolve_new(req: ScannedRequest, ids: bytearray, missing: list[int], stored: np.ndarray,
                  out: Prepared, limits: WriteLimits) -> None:
-    """Fill in the ids the cache did not know: decode, validate and hash those series
-    (a series sent twice in one request is decoded once). Invalid series are rejected and
-    cleared from ``stored``."""
+    """Fill in the ids the cache did not know (16 bytes each in ``ids``): decode, validate
+    and hash those series (a series sent twice in one request is decoded once). Invalid
+    series are rejected and cleared from ``stored``."""
     local: dict[bytes, bytes] = {}
     tenant = limits.tenant
     counts = req.samples
-    for index, sid in enumerate(ids):
-        if sid is not None or not stored[index]:
+    for index in missing:
+        if not stored[index]:
             continue
         key = req.keys[index]
         sid = local.get(key)
@@ -273,7 +274,7 @@ def _resolve_new(req: ScannedRequest, ids: list[bytes | None], stored: np.ndarra
                 continue
             local[key] = sid
             out.new_series.append(NewSeries((tenant, key), sid, name, labels, index))
-        ids[index] = sid
+        ids[index * 16:index * 16 + 16] = sid
 
 
 def _add_metadata(out: Prepared, md: ingest_pb2.RawMetricMetadata, lim: WriteLimits) -> None:

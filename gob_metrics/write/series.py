@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from gob_metrics.proto.gob import ingest_pb2
 
@@ -130,9 +130,10 @@ class SeriesCache:
             ids = self._tenants[tenant] = {}
         return ids
 
-    def tenant_getter(self, tenant: str) -> Callable[[bytes], bytes | None]:
-        """The lookup of one tenant's series ids by raw label bytes (``dict.get``)."""
-        return self._of(tenant).get
+    def tenant_ids(self, tenant: str) -> dict[bytes, bytes]:
+        """One tenant's series ids by raw label bytes (read it, never write it: use
+        :meth:`add_many`, which keeps the size bound)."""
+        return self._of(tenant)
 
     def get(self, key: CacheKey) -> bytes | None:
         ids = self._tenants.get(key[0])
