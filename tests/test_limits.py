@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -13,27 +12,15 @@ import pytest
 import yaml
 
 from gob_metrics.app import build_app
-from gob_metrics.cli import main as cli_main
 from gob_metrics.config import Limits
 from gob_metrics.errors import ConfigError
 from gob_metrics.keys import LOOKUP_CACHE, OVERRIDES, SERIES_REGISTRY, STORAGE
 from gob_metrics.tenants.limits import Overrides, parse_overrides
-from tests.conftest import CLICKHOUSE_URL
+from tests.conftest import CLICKHOUSE_URL, cli
 from tests.writes import HEADERS, body, count
 
 NOW = int(time.time() * 1000)
 UP = {"__name__": "up", "job": "node"}
-
-
-def cli(*args: str) -> int:
-    """Run the gob-metrics command in this process, keeping pytest's logging setup."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        return cli_main(list(args))
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 def s(labels: dict[str, str], *ts: int) -> tuple[dict[str, str], list[tuple[int, float]]]:

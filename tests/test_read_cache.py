@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pyarrow as pa
@@ -270,24 +270,6 @@ async def test_many_ids_bind_without_stalling_the_engine(gob_client: Any) -> Non
 
 # ------------------------------------------------------------------- with Redis
 
-@pytest.fixture(scope="module")
-def redis_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def redis_url(redis_srv: RedisServer) -> str:
-    redis_srv.resume()
-    if redis_srv.service.proc is None or redis_srv.service.proc.poll() is not None:
-        redis_srv.start()
-    client = redis_sync.Redis.from_url(redis_srv.url)
-    client.flushall()
-    client.close()
-    return redis_srv.url
 
 
 @pytest.fixture

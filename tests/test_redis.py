@@ -5,7 +5,6 @@ coming back mid-ingest without a request failing or a sample lost."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import subprocess
 import sys
@@ -19,13 +18,13 @@ import pytest
 import redis as redis_sync
 
 from gob_metrics.app import build_app
-from gob_metrics.cli import main as cli_main
 from gob_metrics.config import Limits, RedisConfig
 from gob_metrics.keys import LOOKUP_CACHE, REDIS, SERIES_CACHE, SERIES_REGISTRY, STORAGE
 from gob_metrics.tenants.limits import Overrides, parse_overrides
 from gob_metrics.tenants.ratelimit import RateLimiter
 from gob_metrics.tenants.redis_layer import RedisLayer
 from gob_metrics.write.series import canonicalize
+from tests.conftest import cli
 from tests.services.proc import free_port, wait_port
 from tests.services.redis_server import RedisServer
 from tests.writes import HEADERS, body, count, write_request
@@ -33,36 +32,6 @@ from tests.writes import HEADERS, body, count, write_request
 pytestmark = pytest.mark.integration
 NOW = int(time.time() * 1000)
 UP = {"__name__": "up", "job": "node"}
-
-
-def cli(*args: str) -> int:
-    """Run the gob-metrics command in this process, keeping pytest's logging setup."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        return cli_main(list(args))
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-
-
-@pytest.fixture(scope="module")
-def redis_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def redis_url(redis_srv: RedisServer) -> str:
-    if redis_srv.service.proc is None or redis_srv.service.proc.poll() is not None:
-        redis_srv.start()
-    client = redis_sync.Redis.from_url(redis_srv.url)
-    client.flushall()
-    client.close()
-    return redis_srv.url
 
 
 def redis_client(url: str) -> redis_sync.Redis:
