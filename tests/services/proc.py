@@ -9,9 +9,21 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+
+def merge_config(config: dict[str, Any], extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Overlay ``extra`` on a generated YAML config: lists (scrape_configs, remote_write)
+    are extended, anything else replaced."""
+    for key, value in (extra or {}).items():
+        if isinstance(value, list) and isinstance(config.get(key), list):
+            config[key] = [*config[key], *value]
+        else:
+            config[key] = value
+    return config
 
 
 def free_port() -> int:

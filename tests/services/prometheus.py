@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from tests.services.proc import Service, free_port, require_binary, wait_for
+from tests.services.proc import Service, free_port, merge_config, require_binary, wait_for
 
 # Small batches and short deadlines so a test sees its samples within seconds instead of
 # the production defaults (2,000 samples or 5 s per request, metadata every minute).
@@ -63,12 +63,7 @@ def prometheus_config(
         }
         entry.update(options)
         config["remote_write"] = [entry]
-    for key, value in (extra_config or {}).items():
-        if isinstance(value, list) and isinstance(config.get(key), list):
-            config[key] = [*config[key], *value]
-        else:
-            config[key] = value
-    return config
+    return merge_config(config, extra_config)
 
 
 def start_prometheus(

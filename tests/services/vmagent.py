@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from tests.services.proc import Service, free_port, require_binary
+from tests.services.proc import Service, free_port, merge_config, require_binary
 
 
 def vmagent_scrape_config(
@@ -29,12 +29,7 @@ def vmagent_scrape_config(
         config["scrape_configs"].append(
             {"job_name": "vmagent", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
         )
-    for key, value in (extra_config or {}).items():
-        if isinstance(value, list) and isinstance(config.get(key), list):
-            config[key] = [*config[key], *value]
-        else:
-            config[key] = value
-    return config
+    return merge_config(config, extra_config)
 
 
 def start_vmagent(
