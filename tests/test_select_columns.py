@@ -27,7 +27,8 @@ async def _select(storage: Any, start: int, end: int) -> select.Selection:
     return await select.select_columns(storage, "anonymous", sel, select.Limits())
 
 
-@pytest.mark.parametrize(("start", "end"), [(0, 10**7), (100_000, 400_000), (10**8, 10**9)])
+@pytest.mark.parametrize(("start", "end"), [(0, 10**7), (100_000, 400_000), (10**8, 10**9),
+                                           (0, 2**32)])
 async def test_native_and_arrow_agree(gob_client: Any, start: int, end: int) -> None:
     resp = await gob_client.post("/api/v1/write", data=body(SERIES), headers=HEADERS)
     assert resp.status == 204
@@ -61,18 +62,32 @@ def test_out_of_order_rows_are_sorted() -> None:
     vals = ts.astype(np.float64) * 10
     offsets = np.array([0, 3, 5, 8], np.int64)
     got = select._selection(names, label_rows, select._slices(ts, offsets),
-                            select._slices(vals, offsets), select.Limits())
+                            select._slices(vals, offsets), None, select.Limits())
     assert [dict(lab)["k"] for lab in got.labels] == ["a", "b", "c"]
     assert got.offsets.tolist() == [0, 2, 5, 8]
     assert got.timestamps.tolist() == [1, 2, 7, 8, 9, 1, 3, 5]
     assert got.values.tolist() == [10, 20, 70, 80, 90, 10, 30, 50]
 
 
+def test_rows_in_label_order_are_used_as_they_are() -> None:
+    ts = np.array([3, 1, 2, 5, 6], np.int32)  # offsets from ts_base; series a unsorted
+    vals = np.array([30.0, 10.0, 20.0, 50.0, 60.0])
+    vals.flags.writeable = False  # as read from a result buffer
+    offsets = np.array([0, 3, 5], np.int64)
+    got = select._selection(["m", "m"], [[("k", "a")], [("k", "b")]],
+                            select._slices(ts, offsets), select._slices(vals, offsets),
+                            (ts, vals), select.Limits(), ts_base=1000)
+    assert got.timestamps.dtype == np.int64
+    assert got.timestamps.tolist() == [1001, 1002, 1003, 1005, 1006]
+    assert got.values.tolist() == [10.0, 20.0, 30.0, 50.0, 60.0]
+    assert got.offsets.tolist() == [0, 3, 5]
+
+
 def test_limits_hold() -> None:
     ts = np.arange(4, dtype=np.int64)
     offsets = np.array([0, 2, 4], np.int64)
     args = (["m", "m"], [[("k", "a")], [("k", "b")]], select._slices(ts, offsets),
-            select._slices(ts * 1.0, offsets))
+            select._slices(ts * 1.0, offsets), None)
     with pytest.raises(select.LimitExceeded, match="max_fetched_series_per_query"):
         select._selection(*args, select.Limits(max_series=1))
     with pytest.raises(select.LimitExceeded, match="max_fetched_chunks_per_query"):

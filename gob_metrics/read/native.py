@@ -4,7 +4,7 @@ The embedded engine writes a result in Native format in about half the time it t
 write the same result as Arrow and have pyarrow read it back (a 2,044-series selection of
 940k samples: ~60 ms of CPU against ~120 ms), and numeric columns in Native are plain
 little-endian arrays that numpy takes without a copy. Supported: ``Int64``, ``UInt64``,
-``Float64``, ``UInt128`` (as ``(rows, 2)`` uint64 words, low word first), ``String`` (a
+``Float64``, ``Int32``, ``UInt128`` (as ``(rows, 2)`` uint64 words, low word first), ``String`` (a
 list of ``str``), ``Array(T)`` (:class:`Array`) and ``Tuple(...)`` (a tuple of columns).
 A result is a sequence of blocks, each naming its columns and types; the blocks of one
 column are concatenated.
@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-_NUMERIC = {"Int64": np.dtype("<i8"), "UInt64": np.dtype("<u8"), "Float64": np.dtype("<f8")}
+_NUMERIC = {"Int64": np.dtype("<i8"), "UInt64": np.dtype("<u8"), "Float64": np.dtype("<f8"),
+            "Int32": np.dtype("<i4")}
 
 
 @dataclass
