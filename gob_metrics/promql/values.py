@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
@@ -164,9 +165,36 @@ def windows(block: Block, end: np.ndarray, range_ms: int, step_ts: np.ndarray) -
         raise ExecutionError("the query's time range is too wide to evaluate")
     keys = (block.series_index().astype(np.int64) << shift) + (block.ts - base)
     sid = (np.arange(n, dtype=np.int64) << shift)[:, None]
-    lo = np.searchsorted(keys, sid + (end - range_ms - base)[None, :], side="left")
-    hi = np.searchsorted(keys, sid + (end - base)[None, :], side="right")
-    return Windows(block, lo.astype(np.int64), hi.astype(np.int64), end, range_ms, step_ts)
+    lo = _search(keys, block.offsets, sid + (end - range_ms - base)[None, :], "left")
+    hi = _search(keys, block.offsets, sid + (end - base)[None, :], "right")
+    return Windows(block, lo, hi, end, range_ms, step_ts)
+
+
+#: samples per searchsorted call in _search: the searched slice stays in the CPU cache
+_SEARCH_CHUNK = 1 << 15
+
+
+def _search(keys: np.ndarray, offsets: np.ndarray, needles: np.ndarray, side: str
+            ) -> np.ndarray:
+    """``np.searchsorted(keys, needles, side)`` for needles whose row ``i`` belongs to
+    series ``i`` (its answers lie in ``[offsets[i], offsets[i + 1]]``), searched a group
+    of series at a time in that group's slice of ``keys``: about twice as fast as one
+    search of the whole block, whose first probes miss the cache."""
+    n = needles.shape[0]
+    total = int(offsets[-1])
+    if total <= _SEARCH_CHUNK:
+        return np.searchsorted(keys, needles, side=side).astype(np.int64, copy=False)
+    out = np.empty(needles.shape, np.int64)
+    cuts = np.unique(np.searchsorted(offsets, np.arange(0, total, _SEARCH_CHUNK),
+                                     side="right") - 1).tolist()
+    cuts = [c for c in cuts if c < n] + [n]
+    if cuts[0] != 0:
+        cuts.insert(0, 0)
+    for s0, s1 in pairwise(cuts):
+        a, b = int(offsets[s0]), int(offsets[s1])
+        out[s0:s1] = np.searchsorted(keys[a:b], needles[s0:s1], side=side)
+        out[s0:s1] += a
+    return out
 
 
 def collapse(labels: list[Labels], values: np.ndarray, present: np.ndarray) -> Vec:
