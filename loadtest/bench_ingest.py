@@ -26,6 +26,7 @@ import resource
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,11 @@ OPTIMIZE_TIMEOUT = 1800.0
 # The benchmark measures capacity: the per-tenant ingestion rate limit (Mimir's default of
 # 10k samples/s) would make it measure the limit instead. VictoriaMetrics has none.
 GOB_BENCH_SETTINGS = ("limits.ingestion_rate=0",)
+
+# Fidelity: every sample of one host is read back from each target and compared bit for bit
+# with what was sent (gob-metrics stores values bit-exact; VictoriaMetrics keeps about 12
+# significant decimal digits of a full-precision float, which is part of its disk figure).
+FIDELITY_INSTANCE = "host-0:9100"
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -421,6 +427,68 @@ def pct(values: list[float], q: float) -> float:
 # --- targets -------------------------------------------------------------------------------
 
 
+
+_EXPECTED: dict[int, dict] = {}
+
+
+def expected_values(wl) -> dict[tuple, dict[int, bytes]]:
+    """{sorted label pairs: {timestamp: 8 value bytes}} for every sample of
+    FIDELITY_INSTANCE in the workload (scanned once per workload)."""
+    if id(wl) in _EXPECTED:
+        return _EXPECTED[id(wl)]
+    import numpy as np
+    import snappy
+
+    from gob_metrics.proto.gob import ingest_pb2
+    from gob_metrics.write import _wire
+    from gob_metrics.write.decode import series_labels
+
+    needle = FIDELITY_INSTANCE.encode()
+    names: dict[bytes, tuple] = {}
+    out: dict[tuple, dict[int, bytes]] = {}
+    for body in wl.payloads:
+        keys, info, ts, vals, _ = _wire.scan(snappy.uncompress(body))
+        counts = np.frombuffer(info, np.uint32).reshape(-1, _wire.INFO_FIELDS)[:, 0]
+        starts = np.concatenate(([0], np.cumsum(counts, dtype=np.int64)))
+        for i, key in enumerate(keys):
+            if needle not in key:
+                continue
+            labels = names.get(key)
+            if labels is None:
+                pairs = (ingest_pb2.RawLabel.FromString(b) for b in series_labels(key))
+                labels = names[key] = tuple(sorted(
+                    (p.name.decode(), p.value.decode()) for p in pairs if p.value))
+            got = out.setdefault(labels, {})
+            for j in range(int(starts[i]), int(starts[i + 1])):
+                got[int.from_bytes(ts[8 * j:8 * j + 8], "little", signed=True)] = \
+                    vals[8 * j:8 * j + 8]
+    _EXPECTED[id(wl)] = out
+    return out
+
+
+def compare_values(expected: dict[tuple, dict[int, bytes]],
+                   stored: dict[tuple, dict[int, bytes]]) -> dict:
+    """Count the expected samples read back bit-exact, read back changed, or missing."""
+    exact = changed = missing = 0
+    example = ""
+    for labels, points in expected.items():
+        have = stored.get(labels, {})
+        for t, bits in points.items():
+            got = have.get(t)
+            if got is None:
+                missing += 1
+            elif got == bits:
+                exact += 1
+            else:
+                changed += 1
+                if not example:
+                    a = struct.unpack("<d", bits)[0]
+                    b = struct.unpack("<d", got)[0]
+                    example = f"{dict(labels).get('__name__')} {a!r} -> {b!r}"
+    return {"exact": exact, "changed": changed, "missing": missing, "example": example,
+            "total": exact + changed + missing}
+
+
 class Target:
     name = ""
     label = ""
@@ -499,10 +567,10 @@ class GobTarget(Target):
             self.notes.append(f"optimize did not finish in {OPTIMIZE_TIMEOUT}s (killed)")
             out["optimize_s"] = None
         out["disk_alloc"], out["disk_apparent"] = disk_usage(data_dir)
-        out.update(self._count(data_dir))
+        out.update(self._count(data_dir, wl))
         return out
 
-    def _count(self, data_dir: Path) -> dict:
+    def _count(self, data_dir: Path, wl) -> dict:
         """Count what was stored, opening the data directory with chdb in a child process."""
         code = r"""
 import json, sys
@@ -524,10 +592,15 @@ print(json.dumps({
                " FROM system.parts_columns"
                " WHERE active AND database = 'gob' AND table = 'samples'"
                " GROUP BY column ORDER BY column"),
+  "fidelity": q("SELECT any(s.metric_name) AS name, any(s.labels) AS labels,"
+                " groupArray(t.timestamp) AS ts, groupArray(reinterpretAsUInt64(t.value)) AS bits"
+                " FROM gob.samples AS t INNER JOIN (SELECT DISTINCT series_id, metric_name,"
+                " labels FROM gob.series WHERE labels['instance'] = '" + sys.argv[2] + "') AS s"
+                " USING (series_id) GROUP BY t.series_id"),
 }))
 """
         p = subprocess.run(
-            [self.args.gob_python, "-c", code, str(data_dir / "clickhouse")],
+            [self.args.gob_python, "-c", code, str(data_dir / "clickhouse"), FIDELITY_INSTANCE],
             capture_output=True,
             text=True,
             timeout=600,
@@ -549,6 +622,16 @@ print(json.dumps({
             out["stored_series"] = int(s[0]["series"])
         else:
             self.notes.append(f"could not count gob.samples: {s}")
+        rows = res.get("fidelity")
+        if isinstance(rows, list):
+            stored = {}
+            for r in rows:
+                labels = tuple(sorted([("__name__", r["name"]), *r["labels"].items()]))
+                pairs = zip(r["ts"], r["bits"], strict=True)
+                stored[labels] = {int(t): struct.pack("<Q", int(b)) for t, b in pairs}
+            out["fidelity"] = compare_values(expected_values(wl), stored)
+        else:
+            self.notes.append(f"could not read back {FIDELITY_INSTANCE}: {rows}")
         return out
 
 
@@ -599,6 +682,16 @@ class VmTarget(Target):
             out["stored_samples"] = int(float(body["data"]["result"][0]["value"][1]))
         except (KeyError, IndexError, TypeError, ValueError):
             self.notes.append(f"count_over_time query gave {str(body)[:300]}")
+        export = {"match[]": f'{{instance="{FIDELITY_INSTANCE}"}}'}
+        async with http.get(srv.base + "/api/v1/export", params=export) as r:
+            text = await r.text()
+        stored: dict[tuple, dict[int, bytes]] = {}
+        for line in text.splitlines():
+            row = json.loads(line)
+            labels = tuple(sorted(row["metric"].items()))
+            stored[labels] = {int(t): struct.pack("<d", float(v))
+                              for t, v in zip(row["timestamps"], row["values"], strict=True)}
+        out["fidelity"] = compare_values(expected_values(wl), stored)
         # A force merge runs in the background and merges the parts that exist when it starts;
         # rows flushed meanwhile make a new part. Repeat until one part per partition is left.
         t0 = time.monotonic()
@@ -766,6 +859,9 @@ def _rows(r: dict) -> dict[str, float | None]:
         "data dir (du) after merge, MiB": du / 2**20 if du is not None else None,
         "stored data after merge, MiB": disk / 2**20 if disk is not None else None,
         "bytes/sample on disk": disk / sent if disk is not None and sent else None,
+        f"values read back bit-exact ({FIDELITY_INSTANCE}), %": (
+            100 * r["fidelity"]["exact"] / r["fidelity"]["total"]
+            if r.get("fidelity") and r["fidelity"]["total"] else None),
         "client CPU, s": r.get("client_cpu_s"),
         "stop (SIGTERM->exit), s": r.get("stop_s"),
     }
@@ -860,6 +956,12 @@ def report(results: list[dict], wl, args: argparse.Namespace) -> str:
                     f"{c['column']} {int(c['bytes']) / 2**20:.2f} MiB" for c in chdb["columns"]
                 )
             )
+        if r.get("fidelity"):
+            f = r["fidelity"]
+            extra.append(f"read back {f['total']:,} samples of {FIDELITY_INSTANCE}: "
+                         f"{f['exact']:,} bit-exact, {f['changed']:,} changed, "
+                         f"{f['missing']:,} missing" + (f" (e.g. {f['example']})"
+                                                        if f["example"] else ""))
         if r.get("parts_after_merge") is not None:
             extra.append(f"data parts after merge {r['parts_after_merge']}")
         if r.get("rows_added") is not None:
