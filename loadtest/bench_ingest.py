@@ -978,7 +978,7 @@ def report(results: list[dict], wl, args: argparse.Namespace) -> str:
 
 async def amain(args: argparse.Namespace) -> int:
     params = workload.WorkloadParams(
-        args.samples, args.series, args.per_request, args.start_ms, args.seed
+        args.samples, args.series, args.per_request, args.start_ms, args.seed, digits=args.digits
     )
     wl = workload.load_or_build(params, args.out_dir)
     log(f"workload: {workload.describe(wl.meta)}")
@@ -1012,6 +1012,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-request", type=int, default=defaults.per_request)
     ap.add_argument("--start-ms", type=int, default=defaults.start_ms, help="first timestamp")
     ap.add_argument("--seed", type=int, default=defaults.seed)
+    ap.add_argument("--digits", type=int, default=0,
+                    help="workload values rounded to this many significant digits (0: full "
+                    "precision; 11: values VictoriaMetrics 1.79.5 stores exactly)")
     ap.add_argument("--concurrency", type=int, default=4, help="concurrent senders")
     ap.add_argument("--targets", default="gob,vm", help="comma-separated, in order: gob,vm")
     ap.add_argument("--keep", action="store_true", help="keep data directories and logs")
