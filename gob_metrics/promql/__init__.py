@@ -9,8 +9,11 @@ from aiohttp import web
 
 
 def add_routes(app: web.Application) -> None:
-    """Register /api/v1/query, /api/v1/query_range and /api/v1/format_query (GET, POST)."""
-    from gob_metrics.promql import api
+    """Register /api/v1/query, /api/v1/query_range and /api/v1/format_query (GET, POST),
+    and keep freed memory for the evaluator's large temporaries (see memory.py)."""
+    from gob_metrics.promql import api, memory
+
+    memory.keep_freed_memory()
 
     for path, handler in [
         ("/api/v1/query", api.query_handler),
