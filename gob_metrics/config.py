@@ -84,6 +84,9 @@ class WriteConfig:
     max_request_bytes: ByteSize = 16 * 1024 * 1024
     #: largest accepted body after snappy decompression (checked before decompressing).
     max_decompressed_bytes: ByteSize = 64 * 1024 * 1024
+    #: most series, samples and metadata entries one request may hold (413 beyond): bounds
+    #: the memory a small body of tiny entries can make the decoder allocate.
+    max_entries_per_request: int = 1_000_000
     #: a pending batch is inserted once it holds this many samples...
     batch_max_samples: int = 100_000
     #: ...or, when no insert is running, once it holds this many (each insert costs
@@ -317,6 +320,7 @@ class Config:
             ("storage.clickhouse.pool_size", self.storage.clickhouse.pool_size),
             ("write.max_request_bytes", self.write.max_request_bytes),
             ("write.max_decompressed_bytes", self.write.max_decompressed_bytes),
+            ("write.max_entries_per_request", self.write.max_entries_per_request),
             ("write.batch_max_samples", self.write.batch_max_samples),
             ("write.max_pending_samples", self.write.max_pending_samples),
             ("write.series_cache_size", self.write.series_cache_size),

@@ -179,6 +179,7 @@ def test_parse_write_request_shape() -> None:
 
 def test_empty_request_and_buffer_types() -> None:
     assert _wire.scan(b"") == ([], b"", b"", b"", [])
+    assert _wire.scan(b"", 0) == ([], b"", b"", b"", [])  # no entries: within any limit
     body = field(1, 2, field(1, 2, label(b"__name__", b"m")) + field(2, 2, sample(1.0, 5)))
     assert _wire.scan(memoryview(body)) == _wire.scan(bytearray(body)) == _wire.scan(body)
     with pytest.raises(TypeError):

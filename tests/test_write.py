@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 import time
+import tracemalloc
 from typing import Any
 
 import pytest
 import snappy
 
 from gob_metrics.app import build_app
+from gob_metrics.errors import PayloadTooLarge
 from gob_metrics.keys import STORAGE
+from gob_metrics.write.decode import parse_write_request
 from tests.writes import HEADERS, STALE_NAN, STALE_NAN_BITS, bits, body, count, stored
 
 NOW = int(time.time() * 1000)
@@ -100,6 +103,36 @@ async def test_write_statuses(aiohttp_client: Any, make_config: Any, data: bytes
     if samples:
         assert [r[:2] for r in await stored(storage)] == [("up", {"job": "node",
                                                                   "instance": "a:9100"})]
+
+
+async def test_too_many_entries_is_413_and_nothing_stored(aiohttp_client: Any,
+                                                          make_config: Any) -> None:
+    client = await aiohttp_client(build_app(make_config(
+        **{"write.max_entries_per_request": "100"})))
+    many = [({"__name__": "m", "i": str(i)}, [(NOW - 1000, 1.0)]) for i in range(60)]
+    resp = await client.post("/api/v1/write", data=body(many), headers=HEADERS)
+    assert resp.status == 413
+    assert (await resp.text()) == ("request holds more than 100 series, samples and metadata "
+                                   "entries: write.max_entries_per_request=100\n")
+    assert await count(client.app[STORAGE], "samples") == 0
+    resp = await client.post("/api/v1/write", data=body(many[:50]), headers=HEADERS)
+    assert resp.status == 204  # 50 series + 50 samples: at the limit, stored
+    assert await count(client.app[STORAGE], "samples") == 50
+
+
+def test_hostile_tiny_entries_stop_at_the_limit_with_bounded_memory() -> None:
+    """64 MiB of empty series (2 bytes each, 3 MiB snappy-compressed) would make the
+    scanner allocate about 1 GB; the entry limit stops it early."""
+    data = b"\x0a\x00" * (32 * 1024 * 1024)
+    assert len(snappy.compress(data)) < 4 * 1024 * 1024
+    tracemalloc.start()
+    try:
+        with pytest.raises(PayloadTooLarge, match=r"write\.max_entries_per_request=1000000"):
+            parse_write_request(data, 1_000_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 100 * 1024 * 1024
 
 
 async def test_push_alias_and_get_not_allowed(gob_client: Any) -> None:

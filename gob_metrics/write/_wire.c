@@ -29,11 +29,14 @@
  * broken Sample or MetricMetadata) raises ValueError naming the byte offset; the caller
  * turns it into a 400.
  *
- * Memory: the outputs grow geometrically and are bounded by the request size (at most
- * 8 bytes of output per byte of input), which write.max_decompressed_bytes bounds.
+ * Memory: the outputs grow geometrically, and every series, sample and metadata entry
+ * counts against max_entries (write.max_entries_per_request): a hostile body of tiny
+ * entries, which would cost up to ~16 bytes of output per byte of input, stops at the
+ * limit with LimitExceeded (a 413) instead.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -51,7 +54,15 @@ typedef struct {
     const uint8_t *base; /* start of the whole request, for error offsets */
     const char *error;   /* set on the first error */
     Py_ssize_t error_at;
+    long long budget;    /* series, samples and metadata entries still allowed */
 } Ctx;
+
+static PyObject *LimitExceeded; /* _wire.LimitExceeded */
+
+/* Count one more output entry; 0 when over the budget (the caller fails with rc -3). */
+static inline int spend(Ctx *c) {
+    return --c->budget >= 0;
+}
 
 typedef struct {
     char *data;
@@ -242,7 +253,7 @@ static int parse_sample(Ctx *c, const uint8_t *p, const uint8_t *end, double *va
  * when the payload is not a valid message (no exception: the series is flagged). */
 static int label_shape(const uint8_t *p, const uint8_t *end, Py_ssize_t *name_len,
                        Py_ssize_t *value_len) {
-    Ctx quiet = {p, NULL, 0};
+    Ctx quiet = {p, NULL, 0, 0};
     *name_len = 0;
     *value_len = 0;
     while (p < end) {
@@ -272,6 +283,8 @@ typedef struct {
 
 static int parse_series(Ctx *c, const uint8_t *p, const uint8_t *end, Out *o) {
     uint32_t info[INFO_FIELDS] = {0, 0, 0, 8, 0}; /* 8: len("__name__") */
+    if (!spend(c))
+        return -3;
     int readable = 1, contiguous = 1;
     const uint8_t *first = NULL, *last = NULL;
     o->spans.len = 0;
@@ -310,6 +323,8 @@ static int parse_series(Ctx *c, const uint8_t *p, const uint8_t *end, Out *o) {
                 return -1;
             if (parse_sample(c, s, e, &v, &t) < 0)
                 return -1;
+            if (!spend(c))
+                return -3;
             if (buf_put(&o->vals, &v, 8) < 0 || buf_put(&o->ts, &t, 8) < 0)
                 return -2;
             info[0] += 1;
@@ -370,12 +385,13 @@ static PyObject *bytes_of(Buf *b) {
     return PyBytes_FromStringAndSize(b->data ? b->data : "", b->len);
 }
 
-static PyObject *scan(PyObject *Py_UNUSED(module), PyObject *arg) {
+static PyObject *scan(PyObject *Py_UNUSED(module), PyObject *args) {
     Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+    long long max_entries = -1;
+    if (!PyArg_ParseTuple(args, "y*|L:scan", &view, &max_entries))
         return NULL;
     const uint8_t *p = view.buf, *end = p + view.len;
-    Ctx c = {p, NULL, 0};
+    Ctx c = {p, NULL, 0, max_entries < 0 ? LLONG_MAX : max_entries};
     Out o = {{0}, {0}, {0}, {0}, PyList_New(0), PyList_New(0)};
     PyObject *result = NULL;
     int rc = 0;
@@ -395,6 +411,8 @@ static PyObject *scan(PyObject *Py_UNUSED(module), PyObject *arg) {
             rc = read_len(&c, &p, end, &s, &e);
             if (rc == 0)
                 rc = check_message(&c, s, e);
+            if (rc == 0 && !spend(&c))
+                rc = -3;
             if (rc == 0) {
                 PyObject *md = PyBytes_FromStringAndSize((const char *)s, e - s);
                 if (md == NULL || PyList_Append(o.metadata, md) < 0)
@@ -407,6 +425,11 @@ static PyObject *scan(PyObject *Py_UNUSED(module), PyObject *arg) {
     }
     if (rc == -1) {
         PyErr_Format(PyExc_ValueError, "%s at byte %zd", c.error, c.error_at);
+        goto done;
+    }
+    if (rc == -3) {
+        PyErr_Format(LimitExceeded, "more than %lld series, samples and metadata entries",
+                     max_entries);
         goto done;
     }
     if (rc < 0)
@@ -464,9 +487,10 @@ static PyMethodDef methods[] = {
     {"resolve", resolve, METH_VARARGS,
      "resolve(ids, keys) -> (bytearray, missing): look every key up in the dict ``ids`` "
      "(values: 16-byte series ids); 16 zero bytes and its index in ``missing`` for a miss."},
-    {"scan", scan, METH_O,
-     "scan(data) -> (keys, info, timestamps, values, metadata): one pass over a serialized "
-     "prometheus.WriteRequest (see the module source for the layout)."},
+    {"scan", scan, METH_VARARGS,
+     "scan(data, max_entries=-1) -> (keys, info, timestamps, values, metadata): one pass "
+     "over a serialized prometheus.WriteRequest (see the module source for the layout); "
+     "LimitExceeded past max_entries series, samples and metadata entries (-1: no limit)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -479,7 +503,10 @@ PyMODINIT_FUNC PyInit__wire(void) {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddIntConstant(m, "INFO_FIELDS", INFO_FIELDS) < 0 ||
+    LimitExceeded = PyErr_NewException("gob_metrics.write._wire.LimitExceeded",
+                                       PyExc_ValueError, NULL);
+    if (LimitExceeded == NULL || PyModule_AddObjectRef(m, "LimitExceeded", LimitExceeded) < 0 ||
+        PyModule_AddIntConstant(m, "INFO_FIELDS", INFO_FIELDS) < 0 ||
         PyModule_AddObject(m, "LABELS_UNREADABLE",
                            PyLong_FromUnsignedLong(LABELS_UNREADABLE)) < 0) {
         Py_DECREF(m);

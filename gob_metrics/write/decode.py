@@ -82,10 +82,14 @@ class ScannedRequest:
         return self.info[:, 2:]
 
 
-def parse_write_request(data: bytes) -> ScannedRequest:
-    """Scan a serialized prometheus.WriteRequest; 400 when it is not a valid message."""
+def parse_write_request(data: bytes, max_entries: int = -1) -> ScannedRequest:
+    """Scan a serialized prometheus.WriteRequest; 400 when it is not a valid message, 413
+    when it holds more than ``max_entries`` series, samples and metadata (-1: no limit)."""
     try:
-        keys, info, ts, vals, metadata = _wire.scan(data)
+        keys, info, ts, vals, metadata = _wire.scan(data, max_entries)
+    except _wire.LimitExceeded as exc:
+        raise PayloadTooLarge(f"request holds {exc}: write.max_entries_per_request="
+                              f"{max_entries}") from exc
     except ValueError as exc:
         raise BadRequest(f"invalid protobuf WriteRequest: {exc}") from exc
     return ScannedRequest(

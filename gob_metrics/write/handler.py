@@ -77,7 +77,8 @@ async def write_handler(request: web.Request) -> web.StreamResponse:
     tenant = request_tenant(request)
     check_headers(request)
     body = await read_body(request, cfg.max_request_bytes)
-    req = parse_write_request(decompress(body, cfg.max_decompressed_bytes))
+    req = parse_write_request(decompress(body, cfg.max_decompressed_bytes),
+                              cfg.max_entries_per_request)
     limits = WriteLimits.of(app[OVERRIDES].for_tenant(tenant), tenant, time.time())
     part = prepare(req, tenant, app[SERIES_CACHE], limits)
     try:
