@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gob_metrics.keys import STORAGE
+from gob_metrics.keys import LOOKUP_CACHE, STORAGE
 from gob_metrics.read import native, select
 from gob_metrics.read.matchers import MatchType, new_matcher
 from tests.writes import HEADERS, STALE_NAN, body
@@ -56,12 +56,11 @@ async def test_native_and_arrow_agree(gob_client: Any, start: int, end: int) -> 
 
 
 def test_out_of_order_rows_are_sorted() -> None:
-    names = ["m", "m", "m"]
-    label_rows = [[("k", "c")], [("k", "a")], [("k", "b")]]
+    labels = [(("k", "c"),), (("k", "a"),), (("k", "b"),)]
     ts = np.array([5, 1, 3, 2, 1, 7, 9, 8], np.int64)
     vals = ts.astype(np.float64) * 10
     offsets = np.array([0, 3, 5, 8], np.int64)
-    got = select._selection(names, label_rows, select._slices(ts, offsets),
+    got = select._selection(labels, select._slices(ts, offsets),
                             select._slices(vals, offsets), None, select.Limits())
     assert [dict(lab)["k"] for lab in got.labels] == ["a", "b", "c"]
     assert got.offsets.tolist() == [0, 2, 5, 8]
@@ -74,7 +73,7 @@ def test_rows_in_label_order_are_used_as_they_are() -> None:
     vals = np.array([30.0, 10.0, 20.0, 50.0, 60.0])
     vals.flags.writeable = False  # as read from a result buffer
     offsets = np.array([0, 3, 5], np.int64)
-    got = select._selection(["m", "m"], [[("k", "a")], [("k", "b")]],
+    got = select._selection([(("k", "a"),), (("k", "b"),)],
                             select._slices(ts, offsets), select._slices(vals, offsets),
                             (ts, vals), select.Limits(), ts_base=1000)
     assert got.timestamps.dtype == np.int64
@@ -86,7 +85,7 @@ def test_rows_in_label_order_are_used_as_they_are() -> None:
 def test_limits_hold() -> None:
     ts = np.arange(4, dtype=np.int64)
     offsets = np.array([0, 2, 4], np.int64)
-    args = (["m", "m"], [[("k", "a")], [("k", "b")]], select._slices(ts, offsets),
+    args = ([(("k", "a"),), (("k", "b"),)], select._slices(ts, offsets),
             select._slices(ts * 1.0, offsets), None)
     with pytest.raises(select.LimitExceeded, match="max_fetched_series_per_query"):
         select._selection(*args, select.Limits(max_series=1))
@@ -97,17 +96,63 @@ def test_limits_hold() -> None:
 async def test_native_result_of_several_blocks(gob_client: Any) -> None:
     storage = gob_client.app[STORAGE]
     buf = await storage.query_native(
-        "SELECT 'm' AS metric_name, "
+        "SELECT toUInt128(number) AS series_id, 'm' AS metric_name, "
         "CAST([('k', toString(number))], 'Array(Tuple(String, String))') AS labels, "
         "CAST([10 - number, 20 - number], 'Array(Int64)') AS ts, "
         "CAST([number * 0.5, nan], 'Array(Float64)') AS vals "
         "FROM numbers(5) SETTINGS max_block_size = 2")
     assert len(native.read_blocks(buf)) > 1
-    got = select._selection(*select._from_native(buf), select.Limits())
+    ids, labels, ts, vals, whole = select._from_native(buf)
+    assert ids == [i.to_bytes(16, "little") for i in range(5)]
+    got = select._selection(labels, ts, vals, whole, select.Limits())
     assert [dict(lab)["k"] for lab in got.labels] == ["0", "1", "2", "3", "4"]
+    assert got.labels[0] == (("__name__", "m"), ("k", "0"))
     assert got.offsets.tolist() == [0, 2, 4, 6, 8, 10]
     assert got.timestamps.tolist() == [10, 20, 9, 19, 8, 18, 7, 17, 6, 16]
     assert got.values[0::2].tolist() == [0.0, 0.5, 1.0, 1.5, 2.0]
     assert np.isnan(got.values[1::2]).all()
     rows, cols = native.read(buf)
     assert rows == 5 and cols["ts"].offsets.tolist() == [0, 2, 4, 6, 8, 10]
+
+
+@pytest.mark.parametrize("native_results", [True, False])
+async def test_labels_from_the_label_cache(gob_client: Any, native_results: bool) -> None:
+    """Ids from the lookup cache whose labels are all known: the series table is not
+    read and the answer is the same; a new series sends the selection back to the join."""
+    storage = gob_client.app[STORAGE]
+    lookups = gob_client.app[LOOKUP_CACHE]
+    storage.native_results = native_results
+    seen: list[str] = []
+    query, query_native = storage.query, storage.query_native
+
+    async def record(sql: str, params: Any = None) -> Any:
+        seen.append(sql)
+        return await query(sql, params)
+
+    async def record_native(sql: str, params: Any = None) -> Any:
+        seen.append(sql)
+        return await query_native(sql, params)
+
+    storage.query, storage.query_native = record, record_native
+    try:
+        resp = await gob_client.post("/api/v1/write", data=body(SERIES), headers=HEADERS)
+        assert resp.status == 204
+        sel = select.new_selector([new_matcher(MatchType.EQ, "__name__", "m")], 0, 10**7)
+        first = await select.select_columns(storage, "anonymous", sel, select.Limits(), lookups)
+        assert "JOIN" in seen[-1]
+        second = await select.select_columns(storage, "anonymous", sel, select.Limits(),
+                                             lookups)
+        assert "JOIN" not in seen[-1] and "gob.series " not in seen[-1]
+        assert second.labels == first.labels == sorted(second.labels)
+        assert second.offsets.tolist() == first.offsets.tolist()
+        assert second.timestamps.tolist() == first.timestamps.tolist()
+        assert second.values.view(np.uint64).tolist() == first.values.view(np.uint64).tolist()
+        new = [({"__name__": "m", "job": "d"}, [(1000, 4.0)])]
+        resp = await gob_client.post("/api/v1/write", data=body(new), headers=HEADERS)
+        assert resp.status == 204
+        third = await select.select_columns(storage, "anonymous", sel, select.Limits(), lookups)
+        assert "JOIN" in seen[-1]
+        assert len(third.labels) == len(first.labels) + 1
+        assert (("__name__", "m"), ("job", "d")) in third.labels
+    finally:
+        del storage.query, storage.query_native, storage.native_results
