@@ -44,6 +44,9 @@ def _groups(vec: Vec, node: ast.Aggregate) -> tuple[list[Labels], np.ndarray]:
 
 
 def evaluate(ev: Evaluator, node: ast.Aggregate, ts: np.ndarray) -> Vec:
+    # Not pushed down to ClickHouse (engine.py lists why): the input is an evaluated
+    # instant vector (lookback, staleness markers per step), sum/avg/stddev depend on the
+    # order floats are added in, topk/bottomk/quantile on Prometheus' NaN and tie order.
     vec = ev.eval(node.expr, ts)
     param = ev.eval(node.param, ts) if node.param is not None else None
     steps = len(ts)

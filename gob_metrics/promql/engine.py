@@ -6,6 +6,36 @@ time range it needs: ``[first - lookback, last]`` for an instant selector, ``[fi
 range, last]`` for a range selector. Each selector is then fetched with one SQL round trip
 (``read.select``), all concurrently, before evaluation starts; evaluation itself is
 numpy over ``(series, steps)`` arrays and never goes back to storage.
+
+Push-down (what ClickHouse does, because the result is provably the same):
+
+* series matching: the matchers become SQL over ``series`` (or the lookup cache's ids),
+  and with the label cache a repeated selection reads no ``series`` row at all;
+* time-range filtering: each selector's single range, widened for the lookback delta,
+  ``offset``, ``@`` and subquery grids, is a ``timestamp`` range on the sort key, so
+  only the granules of the selected series and times are read;
+* deduplication (``FINAL``), grouping the samples per series, putting the series in
+  label order, and one selection for selectors with the same matchers.
+
+Refused, each for a reason that breaks "provably identical" (values are computed in
+numpy from the exact samples instead):
+
+* ``rate``/``increase``/``delta``: the extrapolation needs each window's exact first and
+  last sample times and sample count, and counter-reset corrections are added one by one
+  in sample order; histogram_quantile compares neighbouring buckets' rates exactly, so a
+  differently rounded sum changes answers;
+* ``sum_over_time``/``avg_over_time``/``stddev``/``stdvar_over_time`` and the ``sum``/
+  ``avg``/``stddev`` aggregations: ClickHouse adds floats in its own (vectorised, per
+  thread) order, Prometheus in sample or series order (avg as a running mean);
+* ``min``/``max``/``count``/``last_over_time`` (exact in SQL): windows overlap whenever
+  the range exceeds the step, so SQL would have to repeat every sample in range/step
+  windows or pre-aggregate per step interval with Prometheus' closed ``[t - range, t]``
+  edges and NaN rule (a NaN is kept only while every value is NaN); not done yet;
+* instant selectors and every aggregation over them: each step takes the latest sample
+  within the lookback delta unless it is a staleness marker (one NaN bit pattern), an
+  as-of lookup per step that SQL would do per (series, step) row, not cheaper than numpy;
+* ``topk``/``bottomk``/``sort``/``quantile``: NaN ordering and Prometheus' tie order;
+  ``histogram_quantile``, ``label_*``, binary operators: they work on evaluated vectors.
 """
 
 from __future__ import annotations

@@ -77,7 +77,12 @@ def _at(w: Windows, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def over_time(name: str, w: Windows, q: np.ndarray | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
-    """(values, present) of ``<name>_over_time`` for every series and step."""
+    """(values, present) of ``<name>_over_time`` for every series and step.
+
+    Not pushed down to ClickHouse (engine.py lists why): sum/avg/stddev/stdvar because
+    ClickHouse adds floats in another order; min/max/count/last, exact in SQL, because
+    overlapping windows would make SQL repeat samples or pre-aggregate per step interval
+    with Prometheus' closed window edges; quantile needs every value anyway."""
     count = w.count
     present = count > 0
     if name == "count":
@@ -173,7 +178,11 @@ def _counter_corrections(w: Windows) -> np.ndarray:
 
 def extrapolated_rate(w: Windows, is_counter: bool, is_rate: bool
                       ) -> tuple[np.ndarray, np.ndarray]:
-    """rate/increase/delta with Prometheus 2.42's extrapolation to the window edges."""
+    """rate/increase/delta with Prometheus 2.42's extrapolation to the window edges.
+
+    Not pushed down to ClickHouse: it needs each window's exact first/last sample times
+    and count, and the counter corrections added in sample order (bit-exact rates matter
+    to histogram_quantile); see engine.py."""
     count = w.count
     present = count >= 2
     first_v, first_t = _at(w, w.lo)
