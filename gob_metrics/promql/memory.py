@@ -5,8 +5,8 @@ several MB each. With glibc's defaults such a block is mmap'ed and unmapped agai
 heap above it trimmed on free, so nearly every temporary starts with page faults on fresh
 pages: a quarter of the evaluation time of a 2,044-series ``rate`` (80 -> 62 ms when
 freed memory is kept). :func:`keep_freed_memory` raises the mmap threshold to 32 MiB and
-the trim threshold to 256 MiB, so such blocks are reused from the heap. The cost: up to
-256 MiB of freed memory per arena stays with the process instead of going back to the
+the trim threshold to 64 MiB, so such blocks are reused from the heap. The cost: up to
+64 MiB of freed memory per arena stays with the process instead of going back to the
 system. Only on glibc (``mallopt``); elsewhere nothing changes.
 """
 
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 << 20  # glibc's maximum on 64-bit
-TRIM_THRESHOLD = 256 << 20
+TRIM_THRESHOLD = 64 << 20
 
 _done = False
 
