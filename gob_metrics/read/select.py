@@ -478,11 +478,12 @@ def _selection(labels: list[Labels], ts_parts: list[np.ndarray], val_parts: list
 
 class LabelCache:
     """Labels by series id, per tenant, for one storage. A series id is derived from its
-    labels, so an entry never goes stale; the cache is bounded by emptying it when full.
+    labels, so an entry never goes stale; the cache is bounded by emptying it when full
+    (200,000 entries: about 1 KB each for a series of six labels, ~200 MB at most).
     Filled by every selection that reads labels; a selection whose series ids all have
     their labels here (ids from the lookup cache) skips the series table and the join."""
 
-    def __init__(self, max_entries: int = 1_000_000) -> None:
+    def __init__(self, max_entries: int = 200_000) -> None:
         self.max_entries = max_entries
         self._labels: dict[tuple[str, bytes], Labels] = {}
 
