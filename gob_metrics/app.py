@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -60,6 +61,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return response
     except web.HTTPException as exc:  # aiohttp's own 404/405/413
         status = exc.status
+        raise
+    except asyncio.CancelledError:
+        status = errors.QueryCanceled.status  # the client went away (or shutdown)
         raise
     except errors.GobError as exc:
         if exc.status >= 500:

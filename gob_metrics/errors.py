@@ -89,6 +89,13 @@ class QueryTimeout(GobError):
     error_type = "timeout"
 
 
+class QueryCanceled(GobError):
+    """The client went away before its query finished (Prometheus' ``errorCanceled``)."""
+
+    status = 499  # "client closed request", the status Prometheus answers it with
+    error_type = "canceled"
+
+
 class ConfigError(GobError):
     """A configuration key has a bad value; the message names the key."""
 

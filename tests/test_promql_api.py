@@ -140,3 +140,56 @@ async def test_tenant_scoped(aiohttp_client: Any, make_config: Any) -> None:
         assert len((await resp.json())["data"]["result"]) == n, tenant
     resp = await client.get("/api/v1/query", params={"query": "up", "time": "300"})
     assert resp.status == 401
+
+
+async def test_client_gone_is_canceled(make_config: Any) -> None:
+    """A client that closes the connection while its query waits for the engine: the query
+    is abandoned and counted as 499 (Prometheus' errorType "canceled"), and the server goes
+    on answering. A real aiohttp server as ``gob-metrics serve`` runs it (handlers are not
+    cancelled by aiohttp when a client leaves: the query notices by itself)."""
+    import asyncio
+
+    import aiohttp
+    from aiohttp import web
+
+    from gob_metrics.app import build_app
+    from gob_metrics.keys import METRICS, STORAGE
+    from tests.services.proc import free_port
+
+    runner = web.AppRunner(build_app(make_config(**{"limits.ingestion_rate": 0})))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(base + "/api/v1/write", data=body(SERIES),
+                                 headers=HEADERS) as resp:
+                assert resp.status == 204
+            app = runner.app
+            storage = app[STORAGE]
+            if not hasattr(storage, "_engine"):
+                pytest.skip("holds the embedded engine's lock to keep the query waiting")
+            canceled = app[METRICS].requests.labels("/api/v1/query", "499")
+            before = canceled._value.get()
+            storage._engine.acquire()  # the query's fetch waits for the engine: a long query
+            try:
+                query = {"query": "up", "time": "300"}
+                request = asyncio.ensure_future(http.get(base + "/api/v1/query", params=query))
+                await asyncio.sleep(0.3)
+                assert not request.done()
+                request.cancel()  # the client gives up and closes its connection
+                with pytest.raises(asyncio.CancelledError):
+                    await request
+                for _ in range(100):
+                    if canceled._value.get() > before:
+                        break
+                    await asyncio.sleep(0.05)
+                assert canceled._value.get() == before + 1
+            finally:
+                storage._engine.release()
+            async with http.get(base + "/api/v1/query", params=query) as resp:
+                assert resp.status == 200
+                assert len((await resp.json())["data"]["result"]) == 2
+    finally:
+        await runner.cleanup()

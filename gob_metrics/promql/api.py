@@ -4,7 +4,10 @@
 Parameters and their errors follow web/api/v1/api.go: times are RFC 3339 or Unix
 seconds, ``step``/``timeout``/``lookback_delta`` float seconds or durations; a bad one is
 ``bad_data`` (400) naming it. Evaluation errors are ``execution`` (422), a query past its
-timeout ``timeout`` (503). Every query reads only the requesting tenant's data.
+timeout ``timeout`` (503), a query whose client closed the connection ``canceled`` (499,
+stopped at the next await: a running ClickHouse fetch or numpy evaluation step cannot be
+interrupted, what follows it is skipped). Every query reads only the requesting tenant's
+data.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from gob_metrics.config import QueryConfig
-from gob_metrics.errors import BadRequest
+from gob_metrics.errors import BadRequest, QueryCanceled
 from gob_metrics.keys import CONFIG, LOOKUP_CACHE, OVERRIDES, STORAGE
 from gob_metrics.promql import ast, encode
 from gob_metrics.promql.engine import Evaluator, Query, QueryTimeout, Settings
@@ -81,16 +84,40 @@ def _query_text(params: MultiDictProxy[str]) -> ast.Node:
     return ast.parse(params.get("query", ""))
 
 
+CLIENT_POLL_S = 0.05  # how often a running query checks that its client is still there
+
+
+async def _client_gone(request: web.Request) -> None:
+    """Return once the client has closed the connection."""
+    while True:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return
+        await asyncio.sleep(CLIENT_POLL_S)
+
+
 async def _run(request: web.Request, query: Query, st: Settings) -> object:
     ev = Evaluator(query, st)
+
+    async def work() -> object:
+        await ev.fetch(request.app[STORAGE], request_tenant(request), request.app[LOOKUP_CACHE])
+        return await asyncio.to_thread(ev.eval, query.node, query.steps)
+
+    task = asyncio.ensure_future(work())
+    watch = asyncio.ensure_future(_client_gone(request))
     try:
         async with asyncio.timeout(st.timeout if math.isfinite(st.timeout) else None):
-            await ev.fetch(request.app[STORAGE], request_tenant(request),
-                           request.app[LOOKUP_CACHE])
-            return await asyncio.to_thread(ev.eval, query.node, query.steps)
+            await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
     except TimeoutError:
         raise QueryTimeout(f"query timed out in expression evaluation (query.timeout="
                            f"{st.timeout:g}s or the timeout parameter)") from None
+    finally:
+        watch.cancel()
+        if not task.done():
+            task.cancel()
+    if not task.done() or task.cancelled():
+        raise QueryCanceled("query canceled: the client closed the connection")
+    return task.result()
 
 
 def _success(data: str) -> web.Response:
