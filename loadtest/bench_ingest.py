@@ -676,12 +676,20 @@ class VmTarget(Target):
             "time": f"{last / 1000 + 1:.3f}",
             "nocache": "1",
         }
-        async with http.get(srv.base + "/api/v1/query", params=query) as r:
-            body = await r.json()
-        try:
-            out["stored_samples"] = int(float(body["data"]["result"][0]["value"][1]))
-        except (KeyError, IndexError, TypeError, ValueError):
-            self.notes.append(f"count_over_time query gave {str(body)[:300]}")
+        # Rows become searchable a little after force_flush answers: count again (up to
+        # 10 s) until the count reaches what VictoriaMetrics says it added.
+        deadline = time.monotonic() + 10.0
+        while True:
+            async with http.get(srv.base + "/api/v1/query", params=query) as r:
+                body = await r.json()
+            try:
+                out["stored_samples"] = int(float(body["data"]["result"][0]["value"][1]))
+            except (KeyError, IndexError, TypeError, ValueError):
+                self.notes.append(f"count_over_time query gave {str(body)[:300]}")
+                break
+            if out["stored_samples"] >= out["rows_added"] or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
         export = {"match[]": f'{{instance="{FIDELITY_INSTANCE}"}}'}
         async with http.get(srv.base + "/api/v1/export", params=export) as r:
             text = await r.text()
