@@ -30,18 +30,13 @@ def _positional(v: float) -> str:
 
 
 def format_value(v: float) -> str:
-    """A sample value as the Prometheus API writes it."""
+    """A sample value as the Prometheus API writes it: like :func:`format_value_label`,
+    but finite values below 1e-6 or from 1e21 in magnitude in exponent form."""
     v = float(v)
-    if v != v:
-        return "NaN"
-    if v == math.inf:
-        return "+Inf"
-    if v == -math.inf:
-        return "-Inf"
     a = abs(v)
-    if a != 0 and (a < 1e-6 or a >= 1e21):
+    if a != 0 and (a < 1e-6 or 1e21 <= a < math.inf):
         return repr(v)  # Python's exponent form equals Go's 'e' format (two-digit minimum)
-    return _positional(v)
+    return format_value_label(v)
 
 
 def format_value_label(v: float) -> str:

@@ -23,7 +23,7 @@ from gob_metrics.errors import BadRequest, PayloadTooLarge
 from gob_metrics.proto.prometheus import remote_pb2, types_pb2
 from gob_metrics.read.matchers import Matcher, MatchType, new_matcher
 from gob_metrics.read.select import Labels, LimitExceeded, Selector, Series, new_selector
-from gob_metrics.read.xor import encode_series
+from gob_metrics.read.xor import encode_series, uvarint
 from gob_metrics.tenants.limits import limit_message
 from gob_metrics.write.decode import decompress, snappy_declared_length
 
@@ -111,18 +111,9 @@ def request_selectors(req: remote_pb2.ReadRequest, max_query_length: float = 0.0
 # --------------------------------------------------------------------------- SAMPLES
 
 
-def _uvarint(x: int) -> bytes:
-    out = bytearray()
-    while x >= 0x80:
-        out.append((x & 0x7F) | 0x80)
-        x >>= 7
-    out.append(x)
-    return bytes(out)
-
-
 def _field(tag: int, payload: bytes) -> bytes:
     """A length-delimited field: tag byte, uvarint length, payload."""
-    return bytes((tag,)) + _uvarint(len(payload)) + payload
+    return bytes((tag,)) + uvarint(len(payload)) + payload
 
 
 def encode_labels(labels: Labels) -> bytes:
@@ -172,7 +163,7 @@ def encode_read_response(results: Sequence[Sequence[Series]]) -> bytes:
 
 def frame(message: bytes) -> bytes:
     """One frame of a streamed response: uvarint size, CRC32C big-endian, message."""
-    return _uvarint(len(message)) + struct.pack(">I", google_crc32c.value(message)) + message
+    return uvarint(len(message)) + struct.pack(">I", google_crc32c.value(message)) + message
 
 
 def chunked_frames(query_index: int, labels: Labels,

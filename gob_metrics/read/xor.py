@@ -38,7 +38,8 @@ class ChunkDecodeError(ValueError):
     """The bytes are not a well-formed XOR chunk."""
 
 
-def _uvarint(x: int) -> bytes:
+def uvarint(x: int) -> bytes:
+    """Protobuf's unsigned varint (also the remote_read frame length prefix)."""
     out = bytearray()
     while x >= 0x80:
         out.append((x & 0x7F) | 0x80)
@@ -62,7 +63,7 @@ def encode_chunk(timestamps: Sequence[int], value_bits: Sequence[int]) -> bytes:
     t0 = int(timestamps[0])
     v_prev = int(value_bits[0])
     zigzag = ((t0 << 1) ^ (t0 >> 63)) & _MASK64
-    head = struct.pack(">H", n) + _uvarint(zigzag) + struct.pack(">Q", v_prev)
+    head = struct.pack(">H", n) + uvarint(zigzag) + struct.pack(">Q", v_prev)
     acc = 0  # the bit stream after `head`, as one integer
     width = 0
     t_prev = t0
@@ -74,7 +75,7 @@ def encode_chunk(timestamps: Sequence[int], value_bits: Sequence[int]) -> bytes:
         t = int(timestamps[i])
         delta = (t - t_prev) & _MASK64
         if i == 1:
-            vb = _uvarint(delta)
+            vb = uvarint(delta)
             acc = (acc << (8 * len(vb))) | int.from_bytes(vb, "big")
             width += 8 * len(vb)
         else:
