@@ -19,13 +19,13 @@ import google_crc32c
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from gob_metrics.errors import BadRequest, PayloadTooLarge
+from gob_metrics.errors import BadRequest
 from gob_metrics.proto.prometheus import remote_pb2, types_pb2
 from gob_metrics.read.matchers import Matcher, MatchType, new_matcher
 from gob_metrics.read.select import Labels, LimitExceeded, Selector, Series, new_selector
 from gob_metrics.read.xor import encode_series, uvarint
 from gob_metrics.tenants.limits import limit_message
-from gob_metrics.write.decode import decompress, snappy_declared_length
+from gob_metrics.write.decode import decompress
 
 SAMPLES = remote_pb2.ReadRequest.SAMPLES
 STREAMED_XOR_CHUNKS = remote_pb2.ReadRequest.STREAMED_XOR_CHUNKS
@@ -46,14 +46,8 @@ _SUPPORTED = (SAMPLES, STREAMED_XOR_CHUNKS)
 
 def decode_read_request(body: bytes, max_decompressed_bytes: int) -> remote_pb2.ReadRequest:
     """Decompress and parse a remote_read body (400 when corrupt, 413 when too large)."""
-    if not body:
-        raise BadRequest("empty request body: expected a snappy-compressed ReadRequest")
-    declared = snappy_declared_length(body)
-    if declared > max_decompressed_bytes:
-        raise PayloadTooLarge(
-            f"decompressed body of {declared} bytes exceeds "
-            f"read.max_decompressed_bytes={max_decompressed_bytes}")
-    data = decompress(body, max_decompressed_bytes)
+    data = decompress(body, max_decompressed_bytes, setting="read.max_decompressed_bytes",
+                      message="ReadRequest")
     req = remote_pb2.ReadRequest()
     try:
         req.ParseFromString(data)

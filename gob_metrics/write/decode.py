@@ -36,15 +36,18 @@ def snappy_declared_length(body: bytes) -> int:
     raise BadRequest("corrupt snappy block: invalid length preamble")
 
 
-def decompress(body: bytes, max_decompressed_bytes: int) -> bytes:
-    """Snappy-decompress ``body``, refusing declared sizes over the limit."""
+def decompress(body: bytes, max_decompressed_bytes: int, *,
+               setting: str = "write.max_decompressed_bytes",
+               message: str = "WriteRequest") -> bytes:
+    """Snappy-decompress ``body`` (a serialized ``message``), refusing declared sizes over
+    the limit; errors name ``setting``."""
     if not body:
-        raise BadRequest("empty request body: expected a snappy-compressed WriteRequest")
+        raise BadRequest(f"empty request body: expected a snappy-compressed {message}")
     declared = snappy_declared_length(body)
     if declared > max_decompressed_bytes:
         raise PayloadTooLarge(
             f"decompressed body of {declared} bytes exceeds "
-            f"write.max_decompressed_bytes={max_decompressed_bytes}"
+            f"{setting}={max_decompressed_bytes}"
         )
     try:
         data = snappy.uncompress(body)
