@@ -92,7 +92,8 @@ async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _batcher_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
-    writer = Writer(app[STORAGE], app[SERIES_REGISTRY], app[METRICS])
+    writer = Writer(app[STORAGE], app[SERIES_REGISTRY], app[METRICS],
+                    series_capacity=cfg.write.series_cache_size)
     batcher = Batcher(
         writer,
         max_samples=cfg.write.batch_max_samples,

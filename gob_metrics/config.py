@@ -104,6 +104,7 @@ class WriteConfig:
     #: how long a request waits for room before it is answered 503 with Retry-After.
     queue_timeout: Duration = 5.0
     #: series remembered as registered per process (LRU); a miss costs one series-table row.
+    #: Also how many series' value scales the writer remembers (about 48 bytes each).
     series_cache_size: int = 1_000_000
 
 

@@ -62,7 +62,7 @@ def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
 def test_migrate_command(tmp_path: Path) -> None:
     out = run("migrate", "--data-dir", str(tmp_path))
     assert out.returncode == 0, out.stderr
-    assert "migrations applied: [1, 2]" in out.stdout
+    assert "migrations applied: [1, 2, 3]" in out.stdout
     out = run("migrate", "--data-dir", str(tmp_path))
     assert "up to date" in out.stdout
 

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import pytest_asyncio
@@ -39,6 +40,7 @@ from gob_metrics.keys import CONFIG, METRICS, OVERRIDES, STORAGE
 from gob_metrics.tenants.limits import parse_overrides
 from gob_metrics.tenants.ratelimit import TokenBuckets
 from gob_metrics.tenants.redis_layer import RedisLayer
+from gob_metrics.write import _values
 from tests.conftest import CLICKHOUSE_URL
 
 # Every async test shares the module's event loop, where the app runs.
@@ -109,11 +111,15 @@ def _series_table(tenant: str, rows: list[tuple[int, str, dict[str, str]]]) -> p
 
 
 def _samples_table(tenant: str, rows: list[tuple[int, int, float]]) -> pa.Table:
+    ids = [sid(n) for n, _, _ in rows]
+    mantissas, scales = _values.Encoder(1000).encode(
+        b"".join(ids), np.array([v for _, _, v in rows], np.float64))
     return pa.table({
         "tenant": [tenant] * len(rows),
-        "series_id": pa.array([sid(n) for n, _, _ in rows], pa.binary(16)),
+        "series_id": pa.array(ids, pa.binary(16)),
         "timestamp": pa.array([t for _, t, _ in rows], pa.int64()),
-        "value": pa.array([v for _, _, v in rows], pa.float64()),
+        "mantissa": pa.array(np.frombuffer(mantissas, np.int64)),
+        "scale": pa.array(np.frombuffer(scales, np.int8)),
     })
 
 

@@ -30,6 +30,13 @@ def test_expand_cluster() -> None:
     assert versioned.endswith("'{replica}', updated_at)")
 
 
+def test_cluster_only_statements() -> None:
+    stmt = "{cluster_only}ALTER TABLE {db}.samples {on_cluster} DROP COLUMN IF EXISTS value"
+    assert expand(stmt, "gob", "") == ""
+    assert expand(stmt, "gob", "main") == (
+        "ALTER TABLE gob.samples ON CLUSTER main DROP COLUMN IF EXISTS value")
+
+
 def test_migration_files_are_ordered_and_expand_fully() -> None:
     migs = load_migrations()
     assert [m.version for m in migs] == sorted(m.version for m in migs)
@@ -45,13 +52,18 @@ async def test_migrate_is_idempotent(gob_client: Any) -> None:
     assert await migrate(storage) == []
     t = await storage.query(f"SELECT version, name FROM {storage.database}.schema_migrations")
     assert sorted(t.to_pylist(), key=lambda r: r["version"]) == [
-        {"version": 1, "name": "initial_schema"}, {"version": 2, "name": "value_codecs"}]
+        {"version": 1, "name": "initial_schema"}, {"version": 2, "name": "value_codecs"},
+        {"version": 3, "name": "decimal_values"}]
     codecs = await storage.query(
-        "SELECT name, compression_codec AS codec FROM system.columns WHERE database = "
-        "{db:String} AND table = 'samples' ORDER BY name", {"db": storage.database})
-    assert {r["name"]: r["codec"] for r in codecs.to_pylist()} == {
-        "series_id": "CODEC(ZSTD(1))", "tenant": "",
-        "timestamp": "CODEC(DoubleDelta, ZSTD(1))", "value": "CODEC(Delta(8), ZSTD(1))"}
+        "SELECT name, compression_codec AS codec, default_kind AS kind FROM system.columns "
+        "WHERE database = {db:String} AND table = 'samples' ORDER BY name",
+        {"db": storage.database})
+    assert {r["name"]: (r["codec"], r["kind"]) for r in codecs.to_pylist()} == {
+        "series_id": ("CODEC(ZSTD(1))", ""), "tenant": ("", ""),
+        "timestamp": ("CODEC(DoubleDelta, ZSTD(1))", ""),
+        "mantissa": ("CODEC(Delta(8), T64('bit'), ZSTD(1))", ""),
+        "scale": ("CODEC(ZSTD(1))", ""),
+        "value": ("", "ALIAS")}
 
 
 async def _merge_selector_base(storage: Any) -> str:

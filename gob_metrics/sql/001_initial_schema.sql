@@ -5,6 +5,7 @@
 --   {on_cluster}         "", or ON CLUSTER <cluster>
 --   {engine:ENGINE(...)} the engine, or its Replicated variant on a cluster
 --   {distributed:NAME:SHARDING_KEY} a Distributed table NAME over NAME_local (cluster only)
+--   {cluster_only}       anywhere in a statement: run it only when a cluster is configured
 
 -- One row per sample. Values are Float64 stored bit-exact (StaleNaN 0x7ff0000000000002
 -- survives). ReplacingMergeTree: a batch a sender retries after a 5xx collapses onto the

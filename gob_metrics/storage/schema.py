@@ -23,7 +23,8 @@ SERIES = "series"
 METADATA = "metadata"
 MIGRATIONS = "schema_migrations"
 
-_MACRO = re.compile(r"\{(db|on_cluster|local:[a-z_]+|engine:[^{}]+|distributed:[a-z_]+:[^{}]+)\}")
+_MACRO = re.compile(r"\{(db|on_cluster|cluster_only|local:[a-z_]+|engine:[^{}]+"
+                    r"|distributed:[a-z_]+:[^{}]+)\}")
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,10 @@ def _split(sql: str) -> list[str]:
 
 
 def expand(statement: str, database: str, cluster: str) -> str:
-    """Expand the schema macros of one statement (see sql/001_initial_schema.sql)."""
+    """Expand the schema macros of one statement (see sql/001_initial_schema.sql); a
+    statement holding ``{cluster_only}`` expands to "" when no cluster is configured."""
+    if "{cluster_only}" in statement and not cluster:
+        return ""
     table = ""
 
     def sub(m: re.Match[str]) -> str:
@@ -49,6 +53,8 @@ def expand(statement: str, database: str, cluster: str) -> str:
             return database
         if macro == "on_cluster":
             return f"ON CLUSTER {cluster}" if cluster else ""
+        if macro == "cluster_only":
+            return ""
         kind, _, arg = macro.partition(":")
         if kind == "local":
             table = arg + ("_local" if cluster else "")

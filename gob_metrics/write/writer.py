@@ -13,6 +13,7 @@ import pyarrow as pa
 from gob_metrics.metrics import Metrics
 from gob_metrics.storage import schema
 from gob_metrics.storage.base import Storage
+from gob_metrics.write import _values
 from gob_metrics.write.batcher import Batch
 from gob_metrics.write.prepare import NewSeries
 
@@ -20,11 +21,14 @@ _LABELS_TYPE = pa.map_(pa.string(), pa.string())
 _ID_TYPE = pa.binary(16)
 
 
-def samples_table(batch: Batch) -> pa.Table:
+def samples_table(batch: Batch, encoder: _values.Encoder) -> pa.Table:
+    """The batch's samples as rows of the samples table; ``encoder`` turns each value into
+    its stored (mantissa, scale) pair (gob_metrics/write/_values.c, sql/003)."""
     tenants: list[pa.Array] = []
     ids = b"".join(p.series_ids for p in batch.parts)
     ts = np.concatenate([p.timestamps for p in batch.parts])
     vals = np.concatenate([p.values for p in batch.parts])
+    mantissas, scales = encoder.encode(ids, vals)
     for p in batch.parts:
         tenants.append(pa.DictionaryArray.from_arrays(
             pa.array(np.zeros(p.samples, np.int32)), pa.array([p.tenant])))
@@ -35,7 +39,8 @@ def samples_table(batch: Batch) -> pa.Table:
         "tenant": tenant,
         "series_id": id_arr,
         "timestamp": pa.array(ts, pa.int64()),
-        "value": pa.array(vals, pa.float64()),
+        "mantissa": pa.array(np.frombuffer(mantissas, np.int64), pa.int64()),
+        "scale": pa.array(np.frombuffer(scales, np.int8), pa.int8()),
     })
 
 
@@ -86,10 +91,13 @@ class SeriesSink(Protocol):
 class Writer:
     """The batcher's flush function: writes a batch and then updates the cache."""
 
-    def __init__(self, storage: Storage, registry: SeriesSink, metrics: Metrics) -> None:
+    def __init__(self, storage: Storage, registry: SeriesSink, metrics: Metrics,
+                 series_capacity: int = 1_000_000) -> None:
         self.storage = storage
         self.registry = registry
         self.metrics = metrics
+        #: remembers each series' value scale (bounded like the series cache)
+        self.encoder = _values.Encoder(series_capacity)
 
     async def _insert(self, table: str, data: pa.Table) -> None:
         start = time.perf_counter()
@@ -105,7 +113,7 @@ class Writer:
         meta = metadata_table(batch, int(time.time() * 1000))
         if meta is not None:
             await self._insert(schema.METADATA, meta)
-        samples = samples_table(batch)
+        samples = samples_table(batch, self.encoder)
         if samples.num_rows:
             await self._insert(schema.SAMPLES, samples)
         self.metrics.batch_samples.observe(samples.num_rows)
