@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from gob_metrics.keys import STORAGE
 from gob_metrics.storage.schema import expand, load_migrations, migrate
 
@@ -82,3 +84,27 @@ async def test_samples_merge_selector_base_applied_at_start(gob_client: Any) -> 
     assert await _merge_selector_base(storage) == "8"
     await migrate(storage)  # 0: left as it is
     assert await _merge_selector_base(storage) == "8"
+
+
+async def test_an_interrupted_migration_continues_where_it_stopped(tmp_path: Any) -> None:
+    from gob_metrics.storage.base import StorageError
+    from gob_metrics.storage.embedded import EmbeddedStorage
+
+    sql_dir = tmp_path / "sql"
+    sql_dir.mkdir()
+    (sql_dir / "001_steps.sql").write_text(
+        "CREATE TABLE IF NOT EXISTS {db}.t (x UInt8) ENGINE = MergeTree ORDER BY x;\n"
+        "ALTER TABLE {db}.t ADD COLUMN y UInt8;\n"  # cannot run twice
+        "INSERT INTO {db}.later (x) VALUES (1);\n")  # fails until `later` exists
+    storage = EmbeddedStorage(tmp_path / "data")
+    await storage.start()
+    try:
+        with pytest.raises(StorageError):
+            await migrate(storage, sql_dir=sql_dir)
+        await storage.execute("CREATE TABLE gob.later (x UInt8) ENGINE = MergeTree ORDER BY x")
+        assert await migrate(storage, sql_dir=sql_dir) == [1]  # ADD COLUMN is not repeated
+        assert await migrate(storage, sql_dir=sql_dir) == []
+        t = await storage.query("SELECT count() AS n FROM gob.later")
+        assert t.column("n").to_pylist() == [1]
+    finally:
+        await storage.close()

@@ -22,6 +22,7 @@ SAMPLES = "samples"
 SERIES = "series"
 METADATA = "metadata"
 MIGRATIONS = "schema_migrations"
+MIGRATION_STEPS = "schema_migration_steps"
 
 _MACRO = re.compile(r"\{(db|on_cluster|cluster_only|local:[a-z_]+|engine:[^{}]+"
                     r"|distributed:[a-z_]+:[^{}]+)\}")
@@ -96,7 +97,12 @@ def load_migrations(sql_dir: Path = SQL_DIR) -> list[Migration]:
 async def migrate(storage: Storage, sql_dir: Path = SQL_DIR,
                   merge_selector_base: int = 0) -> list[int]:
     """Apply the migrations not yet recorded, then the samples table's merge setting
-    (``storage.samples_merge_selector_base``, 0 leaves it); return the versions applied."""
+    (``storage.samples_merge_selector_base``, 0 leaves it); return the versions applied.
+
+    Each statement of a migration is recorded in ``schema_migration_steps`` once it has
+    run, so a migration interrupted half way (a crash, a storage error) continues where it
+    stopped at the next start instead of repeating statements that cannot run twice (such
+    as ``MATERIALIZE COLUMN`` once the column's default is gone)."""
     db, cluster = storage.database, storage.cluster
     on_cluster = f"ON CLUSTER {cluster}" if cluster else ""
     await storage.execute(f"CREATE DATABASE IF NOT EXISTS {db} {on_cluster}")
@@ -105,16 +111,30 @@ async def migrate(storage: Storage, sql_dir: Path = SQL_DIR,
         "(version UInt32, name String, applied_at DateTime DEFAULT now()) "
         "ENGINE = MergeTree ORDER BY version"
     )
+    await storage.execute(
+        f"CREATE TABLE IF NOT EXISTS {db}.{MIGRATION_STEPS} {on_cluster} "
+        "(version UInt32, statement UInt32, applied_at DateTime DEFAULT now()) "
+        "ENGINE = MergeTree ORDER BY (version, statement)"
+    )
     done_tbl = await storage.query(f"SELECT DISTINCT version FROM {db}.{MIGRATIONS}")
     done = set(done_tbl.column("version").to_pylist()) if done_tbl.num_rows else set()
+    steps_tbl = await storage.query(
+        f"SELECT DISTINCT version, statement FROM {db}.{MIGRATION_STEPS}")
+    steps = set(zip(steps_tbl.column("version").to_pylist(),
+                    steps_tbl.column("statement").to_pylist(), strict=True))
     applied: list[int] = []
     for mig in load_migrations(sql_dir):
         if mig.version in done:
             continue
-        for stmt in mig.statements:
+        for i, stmt in enumerate(mig.statements):
+            if (mig.version, i) in steps:
+                continue
             sql = expand(stmt, db, cluster)
             if sql:
                 await storage.execute(sql)
+            await storage.execute(
+                f"INSERT INTO {db}.{MIGRATION_STEPS} (version, statement) "
+                "SELECT {v:UInt32}, {i:UInt32}", {"v": mig.version, "i": i})
         await storage.execute(
             f"INSERT INTO {db}.{MIGRATIONS} (version, name) SELECT {{v:UInt32}}, {{n:String}}",
             {"v": mig.version, "n": mig.name},
