@@ -129,41 +129,52 @@ static int table_alloc(Encoder *e, size_t slots) {
     return 0;
 }
 
+static int grow(Encoder *e) {
+    Slot *old = e->slots;
+    size_t old_n = e->mask + 1;
+    e->slots = NULL;
+    if (table_alloc(e, old_n * 2) < 0) {
+        e->slots = old;
+        e->mask = old_n - 1;
+        return -1;
+    }
+    for (size_t i = 0; i < old_n; i++) {
+        if (!old[i].used)
+            continue;
+        size_t j = slot_hash(old[i].k0, old[i].k1) & e->mask;
+        while (e->slots[j].used)
+            j = (j + 1) & e->mask;
+        e->slots[j] = old[i];
+        e->count++;
+    }
+    PyMem_Free(old);
+    return 0;
+}
+
 /* The slot of a series id, inserted when absent (NULL only when out of memory). */
 static Slot *lookup(Encoder *e, const uint8_t *id) {
     uint64_t k0, k1;
     memcpy(&k0, id, 8);
     memcpy(&k1, id + 8, 8);
-    if (e->count >= e->capacity) {
-        /* Full: forget every series; codes are learnt again. */
-        memset(e->slots, 0, (e->mask + 1) * sizeof(Slot));
-        e->count = 0;
-    } else if ((size_t)(e->count + 1) * 2 > e->mask + 1) {
-        /* Grow (load factor <= 1/2). */
-        Slot *old = e->slots;
-        size_t old_n = e->mask + 1;
-        e->slots = NULL;
-        if (table_alloc(e, old_n * 2) < 0) {
-            e->slots = old;
-            e->mask = old_n - 1;
-            return NULL;
-        }
-        for (size_t i = 0; i < old_n; i++) {
-            if (!old[i].used)
-                continue;
-            size_t j = slot_hash(old[i].k0, old[i].k1) & e->mask;
-            while (e->slots[j].used)
-                j = (j + 1) & e->mask;
-            e->slots[j] = old[i];
-            e->count++;
-        }
-        PyMem_Free(old);
-    }
-    size_t j = slot_hash(k0, k1) & e->mask;
+    size_t h = slot_hash(k0, k1);
+    size_t j = h & e->mask;
     while (e->slots[j].used) {
         if (e->slots[j].k0 == k0 && e->slots[j].k1 == k1)
             return &e->slots[j];
         j = (j + 1) & e->mask;
+    }
+    if (e->count >= e->capacity) {
+        /* Full: forget every series; codes are learnt again. */
+        memset(e->slots, 0, (e->mask + 1) * sizeof(Slot));
+        e->count = 0;
+        j = h & e->mask;
+    } else if ((size_t)(e->count + 1) * 2 > e->mask + 1) {
+        /* Grow (load factor <= 1/2). */
+        if (grow(e) < 0)
+            return NULL;
+        j = h & e->mask;
+        while (e->slots[j].used)
+            j = (j + 1) & e->mask;
     }
     Slot *s = &e->slots[j];
     s->k0 = k0;
