@@ -127,6 +127,11 @@ def test_bad_arguments() -> None:
         Encoder(5).encode(b"x" * 15, b"y" * 8)
     m, c = Encoder(5).encode(b"", b"")
     assert (len(m), len(c)) == (0, 0)
+    bare = Encoder.__new__(Encoder)  # __init__ never ran: no table
+    with pytest.raises(RuntimeError, match="not initialised"):
+        bare.encode(b"", b"")
+    bare.clear()
+    assert len(bare) == 0
 
 
 # ------------------------------------------------------------------ ClickHouse's decoding

@@ -221,6 +221,10 @@ static void encode_one(Slot *slot, double v, int64_t *m, int8_t *code) {
 
 static PyObject *Encoder_encode(Encoder *self, PyObject *args) {
     Py_buffer ids, vals;
+    if (self->slots == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Encoder was not initialised");
+        return NULL;
+    }
     if (!PyArg_ParseTuple(args, "y*y*:encode", &ids, &vals))
         return NULL;
     PyObject *result = NULL, *mant = NULL, *codes = NULL;
@@ -258,6 +262,8 @@ done:
 }
 
 static PyObject *Encoder_clear(Encoder *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->slots == NULL)
+        Py_RETURN_NONE;
     memset(self->slots, 0, (self->mask + 1) * sizeof(Slot));
     self->count = 0;
     Py_RETURN_NONE;
