@@ -216,3 +216,14 @@ async def test_rows_written_before_the_migration_keep_their_bits(tmp_path: Path)
         assert (await _stored_bits(storage))[-1] == bits(0.5)
     finally:
         await storage.close()
+
+
+async def test_a_code_the_writer_never_uses_reads_as_nan(tmp_path: Path) -> None:
+    storage = EmbeddedStorage(tmp_path / "data")
+    await storage.start()
+    try:
+        await migrate(storage)
+        await storage.insert("samples", _rows([5] * 6, [19, 50, 64, 83, 127, -19]))
+        assert all(math.isnan(from_bits(b)) for b in await _stored_bits(storage))
+    finally:
+        await storage.close()
