@@ -47,6 +47,11 @@ class Metrics:
             "gob_write_batch_samples",
             "Samples per inserted batch.", registry=r,
             buckets=(100, 1000, 5000, 10000, 25000, 50000, 100000, 250000, 500000))
+        self.samples_stored = Counter(
+            "gob_write_samples_stored_total",
+            "Samples inserted, by how the value is stored: decimal (a mantissa on a scale) or "
+            "raw (the 64 float bits: NaN, infinities, -0.0, no short exact decimal form).",
+            ["encoding"], registry=r)
         self.insert_duration = Histogram(
             "gob_storage_insert_duration_seconds",
             "Time to insert one batch into a table, by table.",

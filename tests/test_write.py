@@ -247,3 +247,15 @@ async def test_restart_keeps_data(aiohttp_client: Any, make_config: Any) -> None
     client2 = await aiohttp_client(build_app(cfg))
     assert await stored(client2.app[STORAGE]) == before
     assert [r[3] for r in before] == [STALE_NAN_BITS, bits(2.5)]
+
+
+async def test_stored_encodings_are_counted(gob_client: Any) -> None:
+    samples = [(1000, 1.5), (2000, 1.25), (3000, STALE_NAN), (4000, 2.0)]
+    resp = await gob_client.post("/api/v1/write", data=body([
+        ({"__name__": "a"}, samples), ({"__name__": "b"}, [(1000, 1 / 7), (2000, 0.5)])]),
+        headers=HEADERS)
+    assert resp.status == 204, await resp.text()
+    text = await (await gob_client.get("/metrics")).text()
+    # a: three short decimals and a StaleNaN; b: raw from its first value on
+    assert 'gob_write_samples_stored_total{encoding="decimal"} 3.0' in text
+    assert 'gob_write_samples_stored_total{encoding="raw"} 3.0' in text

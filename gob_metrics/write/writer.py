@@ -116,6 +116,9 @@ class Writer:
         samples = samples_table(batch, self.encoder)
         if samples.num_rows:
             await self._insert(schema.SAMPLES, samples)
+            raw = int(np.count_nonzero(samples.column("scale").to_numpy() == _values.RAW))
+            self.metrics.samples_stored.labels("raw").inc(raw)
+            self.metrics.samples_stored.labels("decimal").inc(samples.num_rows - raw)
         self.metrics.batch_samples.observe(samples.num_rows)
         new = [s for p in batch.parts for s in p.new_series]
         if new:
