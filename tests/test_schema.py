@@ -108,3 +108,27 @@ async def test_an_interrupted_migration_continues_where_it_stopped(tmp_path: Any
         assert t.column("n").to_pylist() == [1]
     finally:
         await storage.close()
+
+
+async def test_a_slow_migration_statement_logs_that_it_is_running(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from gob_metrics.storage import schema
+    from gob_metrics.storage.embedded import EmbeddedStorage
+
+    sql_dir = tmp_path / "sql"
+    sql_dir.mkdir()
+    (sql_dir / "001_slow.sql").write_text("SELECT sleep(1.5);\nSELECT 1;\n")
+    monkeypatch.setattr(schema, "PROGRESS_EVERY", 0.4)
+    storage = EmbeddedStorage(tmp_path / "data")
+    await storage.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="gob_metrics.storage.schema"):
+            assert await migrate(storage, sql_dir=sql_dir) == [1]
+    finally:
+        await storage.close()
+    running = [r for r in caplog.records if r.getMessage() == "migration statement still running"]
+    assert len(running) >= 2
+    assert {r.statement for r in running} == {"1/2"}  # type: ignore[attr-defined]
+    assert running[0].sql == "SELECT sleep(1.5)"  # type: ignore[attr-defined]

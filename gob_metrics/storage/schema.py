@@ -7,8 +7,10 @@ identifier at start); everything else is bound as a query parameter.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,10 @@ SERIES = "series"
 METADATA = "metadata"
 MIGRATIONS = "schema_migrations"
 MIGRATION_STEPS = "schema_migration_steps"
+
+#: A statement running longer than this logs that it is still running, and again after each
+#: further such period (a MATERIALIZE over a large table can take minutes).
+PROGRESS_EVERY = 15.0
 
 _MACRO = re.compile(r"\{(db|on_cluster|cluster_only|local:[a-z_]+|engine:[^{}]+"
                     r"|distributed:[a-z_]+:[^{}]+)\}")
@@ -131,7 +137,7 @@ async def migrate(storage: Storage, sql_dir: Path = SQL_DIR,
                 continue
             sql = expand(stmt, db, cluster)
             if sql:
-                await storage.execute(sql)
+                await _execute_logged(storage, sql, mig, i)
             await storage.execute(
                 f"INSERT INTO {db}.{MIGRATION_STEPS} (version, statement) "
                 "SELECT {v:UInt32}, {i:UInt32}", {"v": mig.version, "i": i})
@@ -144,6 +150,23 @@ async def migrate(storage: Storage, sql_dir: Path = SQL_DIR,
     if merge_selector_base:
         await _set_merge_selector_base(storage, merge_selector_base)
     return applied
+
+
+async def _execute_logged(storage: Storage, sql: str, mig: Migration, index: int) -> None:
+    """Run one migration statement; a slow one logs every PROGRESS_EVERY seconds, so a
+    start that is busy migrating a large table is not mistaken for a hang."""
+    start = time.monotonic()
+    task = asyncio.ensure_future(storage.execute(sql))
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=PROGRESS_EVERY)
+        if done:
+            task.result()
+            return
+        log.info("migration statement still running", extra={
+            "version": mig.version, "migration": mig.name,
+            "statement": f"{index + 1}/{len(mig.statements)}",
+            "seconds": round(time.monotonic() - start),
+            "sql": " ".join(sql.split())[:120]})
 
 
 async def _set_merge_selector_base(storage: Storage, base: int) -> None:
