@@ -7,13 +7,11 @@ started again on the same ports and data, which the reconnect tests need.
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.services.proc import Service, free_port, require_binary
+from tests.services.proc import Service, ServiceOwner, free_port, require_binary
 
 _CONFIG = """<?xml version="1.0"?>
 <yandex>
@@ -59,7 +57,7 @@ _USERS = """<?xml version="1.0"?>
 """
 
 
-class ClickHouseServer:
+class ClickHouseServer(ServiceOwner):
     """One clickhouse-server process and its directory; restartable on the same ports."""
 
     def __init__(self, workdir: Path) -> None:
@@ -81,12 +79,6 @@ class ClickHouseServer:
     def url(self, database: str = "gob") -> str:
         return f"clickhouse://default@127.0.0.1:{self.tcp_port}/{database}"
 
-    @property
-    def pid(self) -> int:
-        if self.service.proc is None:
-            raise RuntimeError("clickhouse-server is not running")
-        return self.service.proc.pid
-
     def start(self, timeout: float = 30.0) -> ClickHouseServer:
         """Start (or start again) on the same ports and data; return when it listens."""
         try:
@@ -94,28 +86,6 @@ class ClickHouseServer:
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}\n{self.log_tail()}") from exc
         return self
-
-    def stop(self) -> None:
-        """SIGTERM by PID and wait for the process to exit (SIGKILL if it lingers)."""
-        self.resume()
-        self.service.stop()
-
-    def kill(self) -> None:
-        """SIGKILL by PID, as if the machine went away; the socket closes at once."""
-        proc = self.service.proc
-        if proc is not None and proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-    def freeze(self) -> None:
-        """SIGSTOP by PID: connections stay open but nothing answers."""
-        os.kill(self.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """SIGCONT by PID after freeze(); harmless otherwise."""
-        proc = self.service.proc
-        if proc is not None and proc.poll() is None:
-            os.kill(proc.pid, signal.SIGCONT)
 
     def log_tail(self, lines: int = 40) -> str:
         path = self.workdir / "log" / "clickhouse-server.err.log"

@@ -107,11 +107,35 @@ class Service:
             raise RuntimeError(f"{self.name} did not start: {exc}\n{self.log_tail()}") from exc
         return self
 
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.running:
+            os.kill(self.proc.pid, sig)  # type: ignore[union-attr]
+
+    def kill(self) -> None:
+        """SIGKILL by PID, as if the machine went away: sockets close at once."""
+        if self.running:
+            self._signal(signal.SIGKILL)
+            self.proc.wait(10)  # type: ignore[union-attr]
+
+    def freeze(self) -> None:
+        """SIGSTOP by PID: connections stay open but nothing answers."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT by PID after freeze(); harmless otherwise."""
+        self._signal(signal.SIGCONT)
+
     def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM the process by PID, then SIGKILL it if it lingers."""
-        if self.proc is None or self.proc.poll() is not None:
+        """SIGTERM the process by PID (resuming it if frozen), then SIGKILL it if it
+        lingers."""
+        if not self.running:
             return
-        self.proc.send_signal(signal.SIGTERM)
+        self.resume()
+        self.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -123,3 +147,26 @@ class Service:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+class ServiceOwner:
+    """Base of the test servers that own one :class:`Service` (clickhouse-server,
+    redis-server): stopping, killing, freezing and resuming it by PID."""
+
+    service: Service
+
+    def stop(self) -> None:
+        """SIGTERM by PID and wait for the exit (SIGKILL if it lingers)."""
+        self.service.stop()
+
+    def kill(self) -> None:
+        """SIGKILL by PID, as if the machine went away: connections drop at once."""
+        self.service.kill()
+
+    def freeze(self) -> None:
+        """SIGSTOP by PID: connections stay open but nothing answers (a hung server)."""
+        self.service.freeze()
+
+    def resume(self) -> None:
+        """SIGCONT by PID after freeze(); harmless otherwise."""
+        self.service.resume()

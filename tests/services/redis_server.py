@@ -7,16 +7,14 @@ and recovery tests need; the restarted server is empty, as after a crash without
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.services.proc import Service, free_port, require_binary
+from tests.services.proc import Service, ServiceOwner, free_port, require_binary
 
 
-class RedisServer:
+class RedisServer(ServiceOwner):
     """One redis-server process; restartable on the same port."""
 
     def __init__(self, workdir: Path, port: int | None = None) -> None:
@@ -35,28 +33,6 @@ class RedisServer:
     def start(self, timeout: float = 15.0) -> RedisServer:
         self.service.start(ready_timeout=timeout)
         return self
-
-    def stop(self) -> None:
-        """SIGTERM by PID and wait (SIGKILL if it lingers)."""
-        self.resume()
-        self.service.stop()
-
-    def kill(self) -> None:
-        """SIGKILL by PID: connections drop at once, nothing is saved."""
-        proc = self.service.proc
-        if proc is not None and proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-    def freeze(self) -> None:
-        """SIGSTOP by PID: connections stay open but nothing answers (a hung Redis)."""
-        if self.service.proc is not None and self.service.proc.poll() is None:
-            os.kill(self.service.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """SIGCONT by PID after freeze(); harmless otherwise."""
-        if self.service.proc is not None and self.service.proc.poll() is None:
-            os.kill(self.service.proc.pid, signal.SIGCONT)
 
 
 @contextmanager
