@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from gob_metrics.storage.clickhouse_arrow import split_type
+
 _NUMERIC = {"Int64": np.dtype("<i8"), "UInt64": np.dtype("<u8"), "Float64": np.dtype("<f8"),
             "Int32": np.dtype("<i4")}
 
@@ -27,21 +29,6 @@ class Array:
 
     offsets: np.ndarray  # int64 (rows + 1)
     values: Any
-
-
-def _split_args(inner: str) -> list[str]:
-    """``"String, Array(Int64)"`` -> ``["String", "Array(Int64)"]`` (top-level commas)."""
-    out, depth, start = [], 0, 0
-    for i, ch in enumerate(inner):
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            out.append(inner[start:i].strip())
-            start = i + 1
-    out.append(inner[start:].strip())
-    return out
 
 
 class _Reader:
@@ -88,7 +75,7 @@ class _Reader:
             offsets[1:] = ends
             return Array(offsets, self.column(typ[6:-1], int(offsets[-1])))
         if typ.startswith("Tuple(") and typ.endswith(")"):
-            return tuple(self.column(t, rows) for t in _split_args(typ[6:-1]))
+            return tuple(self.column(t, rows) for t in split_type(typ)[1])
         raise ValueError(f"Native format: unsupported column type {typ}")
 
 
