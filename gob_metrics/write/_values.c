@@ -129,6 +129,12 @@ static int table_alloc(Encoder *e, size_t slots) {
     return 0;
 }
 
+/* Forget every series (their codes are learnt again). */
+static void forget_all(Encoder *e) {
+    memset(e->slots, 0, (e->mask + 1) * sizeof(Slot));
+    e->count = 0;
+}
+
 static int grow(Encoder *e) {
     Slot *old = e->slots;
     size_t old_n = e->mask + 1;
@@ -164,9 +170,7 @@ static Slot *lookup(Encoder *e, const uint8_t *id) {
         j = (j + 1) & e->mask;
     }
     if (e->count >= e->capacity) {
-        /* Full: forget every series; codes are learnt again. */
-        memset(e->slots, 0, (e->mask + 1) * sizeof(Slot));
-        e->count = 0;
+        forget_all(e); /* full */
         j = h & e->mask;
     } else if ((size_t)(e->count + 1) * 2 > e->mask + 1) {
         /* Grow (load factor <= 1/2). */
@@ -262,10 +266,8 @@ done:
 }
 
 static PyObject *Encoder_clear(Encoder *self, PyObject *Py_UNUSED(ignored)) {
-    if (self->slots == NULL)
-        Py_RETURN_NONE;
-    memset(self->slots, 0, (self->mask + 1) * sizeof(Slot));
-    self->count = 0;
+    if (self->slots != NULL)
+        forget_all(self);
     Py_RETURN_NONE;
 }
 
